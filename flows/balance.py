@@ -1,0 +1,21 @@
+"""dvc stage `balance`: the paper's per-class and per-image sampling caps (Sec. 3.2, Tables 9-10)."""
+
+from prefect import flow
+
+from rgpt.config import load_params
+from rgpt.data import stages
+from rgpt.tracking import flow_version, log_outputs, stage_run
+
+PARAMS = load_params()
+
+
+@flow(name="balance", version=flow_version("balance", PARAMS))
+def balance() -> dict:
+    with stage_run("balance", PARAMS):
+        result = stages.run_balance(PARAMS)
+        log_outputs(result.metrics, result.artifacts)
+    return result.metrics
+
+
+if __name__ == "__main__":
+    balance()

@@ -1,0 +1,23 @@
+"""dvc stage `conversations`: multi-turn instruction data for pre-training and fine-tuning."""
+
+from prefect import flow
+
+from rgpt.config import load_params
+from rgpt.data import stages
+from rgpt.data.validate import check_gate
+from rgpt.tracking import flow_version, log_outputs, stage_run
+
+PARAMS = load_params()
+
+
+@flow(name="conversations", version=flow_version("conversations", PARAMS))
+def conversations() -> dict:
+    with stage_run("conversations", PARAMS):
+        result, reports = stages.run_conversations(PARAMS)
+        log_outputs(result.metrics, result.artifacts)
+        check_gate(reports, PARAMS.validate_.max_bad_fraction, stages.CONVERSATION_QUARANTINE)
+    return result.metrics
+
+
+if __name__ == "__main__":
+    conversations()

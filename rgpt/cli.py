@@ -1,0 +1,102 @@
+"""The `rgpt` command. The pipeline itself runs with `make pipeline` / `dvc repro`; these are the
+things a person does by hand around it: switch profiles, fetch or synthesise data, look at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import PARAMS_FILE, PROFILES, load_params, set_profile
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Fetch, synthesise and inspect the raw corpus.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+@app.command()
+def profile(name: Optional[str] = typer.Argument(None, help=f"one of {', '.join(PROFILES)}; omit to show the active one"),
+            params: Path = typer.Option(PARAMS_FILE, help="the params file to read or change")) -> None:
+    """Show or switch the active profile (embedded: synthetic corpus on CPU; paper: real data on GPUs).
+
+    Switching rewrites only the `profile:` line of params.yaml; `dvc repro` then reruns what it affects.
+    """
+    if name is None:
+        console.print(load_params(params).profile)
+        return
+    try:
+        set_profile(name, params)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    console.print(f"profile: [bold]{name}[/bold] (in {params}); run `make pipeline` to rebuild")
+
+
+@data_app.command("synth")
+def data_synth(out: Path = typer.Argument(..., help="folder to write the corpus into (must be empty or absent)"),
+               seed: Optional[int] = typer.Option(None, help="override synthetic.seed"),
+               scale: float = typer.Option(1.0, help="multiply every image count by this")) -> None:
+    """Write the synthetic twin corpus (every dataset's real on-disk format) to OUT."""
+    from .data.synthetic import write_corpus
+
+    if out.exists() and any(out.iterdir()):
+        raise typer.BadParameter(f"{out} is not empty")
+    params = load_params().synthetic.scaled(scale)
+    if seed is not None:
+        params = params.model_copy(update={"seed": seed})
+    counts = write_corpus(out, params)
+    console.print(f"wrote {sum(counts.values())} images/questions to {out}: {counts}")
+
+
+@data_app.command("fetch")
+def data_fetch(sources: Optional[list[str]] = typer.Argument(None, help="registry names; default: download.sources"),
+               images: bool = typer.Option(True, help="also fetch the image archives (~150 GB in all)")) -> None:
+    """Download, verify and unpack real sources into data.root (resumable; set HF_TOKEN for the hub)."""
+    from .data.download import fetch_all
+
+    p = load_params()
+    fetched = fetch_all(sources or p.download.sources, p.data.root, images=images,
+                        retries=p.download.retries, timeout_s=p.download.timeout_s)
+    for name, paths in fetched.items():
+        console.print(f"{name}: {', '.join(str(x) for x in paths)}")
+
+
+@data_app.command("stats")
+def data_stats(root: Optional[Path] = typer.Option(None, help="data root; default: data.root from params.yaml")) -> None:
+    """Images, regions, relations and categories of every dataset split under the data root."""
+    from .data.formats import SPLITS, read_split
+
+    root = root or load_params().data.root
+    table = Table("dataset", "split", "images", "regions", "relations", "captions", "categories")
+    for dataset, splits in SPLITS.items():
+        for split in splits:
+            s = read_split(root, dataset, split)
+            table.add_row(dataset, split, str(len(s.records)), str(sum(len(r.regions) for r in s.records)),
+                          str(sum(len(r.relations) for r in s.records)), str(sum(len(r.captions) for r in s.records)),
+                          str(len(s.categories)))
+    console.print(table)
+
+
+@data_app.command("show")
+def data_show(dataset: str = typer.Argument(..., help="v3det | vg | coco | lvis | refcocog | llava"),
+              split: str = typer.Argument(..., help="train | val | test"),
+              index: int = typer.Option(0, help="which image of the split"),
+              out: Path = typer.Option(Path("show.png"), help="PNG to write"),
+              root: Optional[Path] = typer.Option(None, help="data root; default: data.root")) -> None:
+    """Draw one image with its regions (masks, boxes, labels) to a PNG."""
+    from .data.formats import read_split
+    from .data.show import draw_record
+
+    root = root or load_params().data.root
+    records = read_split(root, dataset, split).records
+    if not 0 <= index < len(records):
+        raise typer.BadParameter(f"{dataset}/{split} has {len(records)} images; index {index} is out of range")
+    draw_record(records[index], root).save(out)
+    console.print(f"{records[index].key} -> {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,177 @@
+"""Typed view of params.yaml: the active profile's values, validated.
+
+`load_params()` reads params.yaml, lays `profiles.<profile>` over the base values (which are the
+embedded profile) and validates the result, so a typo or a wrong type fails with the key's path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+PROFILES = ("embedded", "paper")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    root: Path = Path("data")
+    source: Literal["synthetic", "download"] = "synthetic"
+
+
+class PopeParams(_Section):
+    images: int = Field(100, ge=1)
+    sample_num: int = Field(3, ge=1)
+
+
+class SyntheticParams(_Section):
+    seed: int = 20240304
+    image_size: tuple[int, int] = (96, 160)
+    objects_per_image: tuple[int, int] = (2, 6)
+    images: dict[str, int]
+    vg_split_fractions: dict[Literal["val", "test"], float]
+    refcocog_images: dict[Literal["train", "val", "test"], int]
+    lvis_val_from_train2017: int = 40
+    v3det_class_skew: float = 1.1
+    vg_negative_coordinate_regions: int = 6
+    pope: PopeParams = PopeParams()
+
+    def scaled(self, factor: float) -> SyntheticParams:
+        """The same corpus with every image count multiplied by `factor` (at least one each)."""
+        def scale(counts: dict[str, int]) -> dict[str, int]:
+            return {k: max(1, round(v * factor)) for k, v in counts.items()}
+        return self.model_copy(update={"images": scale(self.images), "refcocog_images": scale(self.refcocog_images),
+                                       "pope": self.pope.model_copy(update={"images": max(1, round(self.pope.images * factor))})})
+
+    @field_validator("images")
+    @classmethod
+    def _known_image_sets(cls, v: dict[str, int]) -> dict[str, int]:
+        expected = {"v3det_train", "v3det_val", "vg", "coco_train2017", "coco_val2017", "llava"}
+        if set(v) != expected:
+            raise ValueError(f"needs exactly the keys {sorted(expected)}, got {sorted(v)}")
+        return v
+
+
+class DownloadParams(_Section):
+    sources: list[str]
+    images: bool = True
+    retries: int = Field(5, ge=0)
+    timeout_s: float = Field(60, gt=0)
+
+
+class ValidateParams(_Section):
+    max_bad_fraction: float = Field(0.02, ge=0, le=1)
+    box_tolerance_px: float = Field(1.0, ge=0)
+    image_check: Literal["all", "none"] | Annotated[int, Field(ge=1)] = "all"  # N: a seeded sample of N
+    seed: int = 0
+
+
+class BalanceParams(_Section):
+    seed: int = 0
+    v3det_pretrain_per_class: int = Field(100, ge=1)
+    v3det_finetune_per_class: int = Field(10, ge=1)
+    coco_per_class: int = Field(20, ge=1)
+    lvis_per_class: int = Field(20, ge=1)
+    vg_boxes_per_image: int = Field(10, ge=1)
+    vg_relations_per_image: int = Field(10, ge=0)
+
+    @model_validator(mode="after")
+    def _finetune_draw_within_pretrain(self) -> BalanceParams:
+        # the fine-tuning draw is the first k of the pre-training draw's per-class order
+        if self.v3det_finetune_per_class > self.v3det_pretrain_per_class:
+            raise ValueError("v3det_finetune_per_class must not exceed v3det_pretrain_per_class")
+        return self
+
+
+class ConversationsParams(_Section):
+    seed: int = 0
+    classification_mode: Literal["multi_turn_all", "one_turn_all", "one_turn_one"] = "multi_turn_all"
+    max_regions_per_conversation: int = Field(10, ge=1)
+    rec_max_proposals: int = Field(6, ge=2)
+    rec_absent_ratio: float = Field(0.15, ge=0, le=1)
+    recapd: Path | None = None
+
+
+class Params(_Section):
+    profile: Literal["embedded", "paper"]
+    data: DataParams
+    synthetic: SyntheticParams
+    download: DownloadParams
+    validate_: ValidateParams = Field(alias="validate")
+    balance: BalanceParams
+    conversations: ConversationsParams
+
+    def stage_params(self, stage: str) -> dict[str, Any]:
+        """The sections a stage reads, as plain JSON-ready values (for logging and hashing)."""
+        if stage not in STAGE_SECTIONS:
+            raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_SECTIONS)}")
+        dump = json.loads(self.model_dump_json(by_alias=True))
+        return {"profile": self.profile, **{name: dump[name] for name in STAGE_SECTIONS[stage]}}
+
+
+# The params sections each stage reads: dvc.yaml lists the same ones as the stage's `params`.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "download": ("data", "synthetic", "download"),
+    "validate": ("data", "validate"),
+    "balance": ("balance",),
+    "conversations": ("data", "conversations"),
+}
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(raw: dict[str, Any]) -> dict[str, Any]:
+    """The active profile's values: the base values with `profiles.<profile>` laid over them."""
+    profile = raw.get("profile", "embedded")
+    if profile not in PROFILES:
+        raise ValueError(f"params.yaml: profile must be one of {PROFILES}, got {profile!r}")
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    return _merge(base, (raw.get("profiles") or {}).get(profile) or {})
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run from the repository root, where params.yaml is")
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        return Params.model_validate(resolve(raw))
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ValueError(f"{path}: invalid parameters\n" + "\n".join(lines)) from None
+
+
+def params_hash(section: dict[str, Any]) -> str:
+    """A short, stable hash of a stage's params (tags MLflow runs, names Prefect flow versions)."""
+    return hashlib.sha256(json.dumps(section, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def set_profile(profile: str, path: str | Path = PARAMS_FILE) -> None:
+    """Switch the active profile by rewriting only the `profile:` line (comments survive)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: choose one of {PROFILES}")
+    path = Path(path)
+    text = path.read_text()
+    new, n = re.subn(r"(?m)^profile:\s*\S+", f"profile: {profile}", text, count=1)
+    if n != 1:
+        raise ValueError(f"{path}: no top-level 'profile:' line to change")
+    path.write_text(new)
+    load_params(path)  # fail now, not in the middle of a pipeline run

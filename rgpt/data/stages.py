@@ -1,0 +1,168 @@
+"""What each data stage of dvc.yaml does, as plain functions the Prefect flows and the tests call.
+
+Every stage reads its inputs, writes its outputs and reports under fixed paths (dvc.yaml names
+the same ones; a test checks they agree) and returns a `StageResult`: the metrics it wrote and
+the files worth attaching to its MLflow run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Params
+from . import balance, conversations, formats, validate
+from .download import fetch_all
+from .records import DatasetSplit, write_jsonl
+from .templates import load_templates
+
+OUTPUTS = Path("outputs")
+REPORTS = Path("reports")
+SYNTHETIC_MANIFEST = "SYNTHETIC.json"  # marks a data root the synthetic generator wrote
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, Any]
+    artifacts: list[Path] = field(default_factory=list)
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+# ------------------------------------------------------------------------------------ download
+
+
+def produce_corpus(params: Params, *, progress: bool = True) -> StageResult:
+    """The raw corpus under `data.root`: the synthetic twin (embedded) or the real datasets (paper)."""
+    root = Path(params.data.root)
+    if params.data.source == "download":
+        d = params.download
+        fetched = fetch_all(d.sources, root, images=d.images, retries=d.retries, timeout_s=d.timeout_s,
+                            progress=progress)
+        return StageResult({"sources": len(fetched), "paths": sum(len(p) for p in fetched.values())})
+    return StageResult(write_synthetic_root(root, params, progress=progress))
+
+
+def write_synthetic_root(root: Path, params: Params, *, progress: bool = True) -> dict[str, int]:
+    """Write the synthetic corpus to `root`, replacing an older synthetic corpus there atomically.
+
+    A root whose manifest already records these params is left as it is (a second run is free).
+    A root that holds anything else (real downloads) is never touched.
+    """
+    from .synthetic import write_corpus
+
+    manifest = {"generator": "rgpt.data.synthetic", "params": json.loads(params.synthetic.model_dump_json())}
+    manifest_path = root / SYNTHETIC_MANIFEST
+    if manifest_path.exists():
+        existing = json.loads(manifest_path.read_text())
+        if existing["params"] == manifest["params"]:
+            return existing["counts"]
+    elif root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} holds files the synthetic generator did not write (no {SYNTHETIC_MANIFEST}); "
+                              f"move them away, or point data.root in params.yaml elsewhere")
+    staging = root.with_name(root.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    counts = write_corpus(staging, params.synthetic, progress=progress)
+    _write_json(staging / SYNTHETIC_MANIFEST, {**manifest, "counts": counts})
+    if root.exists():
+        shutil.rmtree(root)
+    staging.rename(root)
+    return counts
+
+
+# ------------------------------------------------------------------------------------ validate
+
+VALIDATED = OUTPUTS / "validate"
+VALIDATE_REPORTS = REPORTS / "validate"
+QUARANTINE = VALIDATE_REPORTS / "quarantine.jsonl"
+GX_DIR = VALIDATE_REPORTS / "gx"
+
+
+def validate_one(params: Params, dataset: str, split: str) -> validate.ValidationReport:
+    """Read one dataset split, check it against the contract, save what passes."""
+    report = validate.validate_split(formats.read_split(params.data.root, dataset, split), Path(params.data.root),
+                                     params.validate_, GX_DIR)
+    report.clean.save(VALIDATED)
+    return report
+
+
+def finish_validation(params: Params, reports: list[validate.ValidationReport]) -> StageResult:
+    """Write the quarantine file and the metrics of every split (the gate is checked apart)."""
+    write_jsonl(QUARANTINE, (entry for report in reports for entry in report.quarantine))
+    metrics = {report.name: report.counts for report in reports}
+    reasons = [{"split": r.name, "reason": reason, "count": n} for r in reports for reason, n in r.reasons.items()]
+    artifacts = [_write_json(VALIDATE_REPORTS / "metrics.json", metrics),
+                 _write_csv(VALIDATE_REPORTS / "quarantine_by_reason.csv", reasons), QUARANTINE]
+    docs = {report.docs_index.parent for report in reports}  # the Data Docs site folder
+    return StageResult(metrics, artifacts + sorted(docs))
+
+
+# ------------------------------------------------------------------------------------- balance
+
+BALANCED = OUTPUTS / "balance"
+BALANCE_REPORTS = REPORTS / "balance"
+
+
+def run_balance(params: Params) -> StageResult:
+    """Cap V3Det/COCO/LVIS per class and VG per image (paper Sec. 3.2); record counts before/after."""
+    splits = {name: DatasetSplit.load(VALIDATED, name) for name in sorted(set(balance.OUTPUTS.values()))}
+    balanced = balance.balance_all(splits, params.balance)
+    for name, split in balanced.items():
+        split.save(BALANCED, name)
+    metrics = balance.summary_metrics(splits, balanced)
+    rows = balance.class_count_rows(splits, balanced)
+    artifacts = [_write_json(BALANCE_REPORTS / "metrics.json", metrics)]
+    for output in sorted({r["dataset"] for r in rows}):  # one plot file per output: classes by frequency
+        ranked = sorted((r for r in rows if r["dataset"] == output), key=lambda r: (-r["before"], r["category_id"]))
+        artifacts.append(_write_csv(BALANCE_REPORTS / "class_counts" / f"{output}.csv",
+                                    [{"rank": i + 1, **r} for i, r in enumerate(ranked)]))
+    return StageResult(metrics, artifacts)
+
+
+# ------------------------------------------------------------------------------- conversations
+
+CONVERSATIONS = OUTPUTS / "conversations"
+CONVERSATION_REPORTS = REPORTS / "conversations"
+CONVERSATION_QUARANTINE = CONVERSATION_REPORTS / "quarantine.jsonl"
+CONVERSATION_SPLITS = {  # the inputs: balanced outputs, and validated splits used whole
+    **{name: BALANCED for name in balance.OUTPUTS},
+    "refcocog_train": VALIDATED, "llava_train": VALIDATED,
+}
+
+
+def run_conversations(params: Params) -> tuple[StageResult, list[validate.ValidationReport]]:
+    """Pre-training and fine-tuning conversations, checked by the conversation contract."""
+    splits = {name: DatasetSplit.load(directory, name) for name, directory in CONVERSATION_SPLITS.items()}
+    templates = load_templates()
+    recapd = conversations.load_recapd(params.conversations.recapd)
+    built = {"pretrain": conversations.build_pretrain(splits, params.conversations, templates),
+             "finetune": conversations.build_finetune(splits, params.conversations, templates, recapd)}
+    reports, metrics = [], {}
+    for stage, samples in built.items():
+        report = validate.validate_conversations(samples, GX_DIR, stage, params.validate_.box_tolerance_px)
+        conversations.write_conversations(CONVERSATIONS / f"{stage}.jsonl", report.clean)
+        metrics[stage] = {**conversations.conversation_stats(report.clean), "quarantined": report.bad["samples"]}
+        reports.append(report)
+    write_jsonl(CONVERSATION_QUARANTINE, (e for r in reports for e in r.quarantine))
+    task_rows = [{"stage": stage, "task": task, **counts}
+                 for stage, m in metrics.items() for task, counts in m["tasks"].items()]
+    artifacts = [_write_json(CONVERSATION_REPORTS / "metrics.json", metrics),
+                 _write_csv(CONVERSATION_REPORTS / "tasks.csv", task_rows)]
+    return StageResult(metrics, artifacts), reports
