@@ -110,19 +110,29 @@ def stage_run(stage: str, params: Params, **extra_tags: str) -> Iterator[Any]:
     tags.update(extra_tags)
     with mlflow.start_run(experiment_id=_experiment_id(mlflow), run_name=stage, tags=tags) as run:
         mlflow.log_params(_flatten("", section, {}))
+        if tags["rgpt.data_md5"] != "untracked":  # the raw corpus this run read, by its DVC hash
+            from mlflow.data.sources import LocalArtifactDatasetSource
+            from mlflow.data.meta_dataset import MetaDataset
+
+            source = LocalArtifactDatasetSource(str(Path(params.data.root).resolve()))
+            mlflow.log_input(MetaDataset(source, name="data", digest=tags["rgpt.data_md5"]), context="raw")
         yield run
 
 
-def log_outputs(metrics: dict[str, Any], artifacts: list[Path] = (), artifact_dir: str = "reports") -> None:
-    """Log a stage's numeric metrics (nested keys joined by '.') and its report files or folders."""
+def log_outputs(metrics: dict[str, Any], artifacts: dict[str, Path] | None = None) -> None:
+    """Log a stage's numeric metrics (nested keys joined by '.') and its reports.
+
+    `artifacts` maps a path in the run's artifact store to a local file or folder.
+    """
     import mlflow
 
-    numeric = {k: float(v) for k, v in _flatten("", metrics, {}).items()
+    numeric = {k.replace(" ", "_"): float(v) for k, v in _flatten("", metrics, {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numeric:
-        mlflow.log_metrics({k.replace(" ", "_"): v for k, v in numeric.items()})
-    for path in map(Path, artifacts):
+        mlflow.log_metrics(numeric)
+    for name, path in (artifacts or {}).items():
         if path.is_dir():
-            mlflow.log_artifacts(str(path), f"{artifact_dir}/{path.name}")
+            mlflow.log_artifacts(str(path), name)
         elif path.exists():
-            mlflow.log_artifact(str(path), artifact_dir)
+            parent = str(Path(name).parent)
+            mlflow.log_artifact(str(path), None if parent == "." else parent)

@@ -28,7 +28,7 @@ SYNTHETIC_MANIFEST = "SYNTHETIC.json"  # marks a data root the synthetic generat
 @dataclass
 class StageResult:
     metrics: dict[str, Any]
-    artifacts: list[Path] = field(default_factory=list)
+    artifacts: dict[str, Path] = field(default_factory=dict)  # name in the MLflow run -> local path
 
 
 def _write_json(path: Path, obj: Any) -> Path:
@@ -108,10 +108,12 @@ def finish_validation(params: Params, reports: list[validate.ValidationReport]) 
     write_jsonl(QUARANTINE, (entry for report in reports for entry in report.quarantine))
     metrics = {report.name: report.counts for report in reports}
     reasons = [{"split": r.name, "reason": reason, "count": n} for r in reports for reason, n in r.reasons.items()]
-    artifacts = [_write_json(VALIDATE_REPORTS / "metrics.json", metrics),
-                 _write_csv(VALIDATE_REPORTS / "quarantine_by_reason.csv", reasons), QUARANTINE]
-    docs = {report.docs_index.parent for report in reports}  # the Data Docs site folder
-    return StageResult(metrics, artifacts + sorted(docs))
+    return StageResult(metrics, {
+        "metrics.json": _write_json(VALIDATE_REPORTS / "metrics.json", metrics),
+        "quarantine_by_reason.csv": _write_csv(VALIDATE_REPORTS / "quarantine_by_reason.csv", reasons),
+        "quarantine.jsonl": QUARANTINE,
+        "data_docs": reports[0].docs_index.parent,
+    })
 
 
 # ------------------------------------------------------------------------------------- balance
@@ -128,12 +130,35 @@ def run_balance(params: Params) -> StageResult:
         split.save(BALANCED, name)
     metrics = balance.summary_metrics(splits, balanced)
     rows = balance.class_count_rows(splits, balanced)
-    artifacts = [_write_json(BALANCE_REPORTS / "metrics.json", metrics)]
+    ranked = {}
     for output in sorted({r["dataset"] for r in rows}):  # one plot file per output: classes by frequency
-        ranked = sorted((r for r in rows if r["dataset"] == output), key=lambda r: (-r["before"], r["category_id"]))
-        artifacts.append(_write_csv(BALANCE_REPORTS / "class_counts" / f"{output}.csv",
-                                    [{"rank": i + 1, **r} for i, r in enumerate(ranked)]))
-    return StageResult(metrics, artifacts)
+        ordered = sorted((r for r in rows if r["dataset"] == output), key=lambda r: (-r["before"], r["category_id"]))
+        ranked[output] = [{"rank": i + 1, **r} for i, r in enumerate(ordered)]
+        _write_csv(BALANCE_REPORTS / "class_counts" / f"{output}.csv", ranked[output])
+    return StageResult(metrics, {
+        "metrics.json": _write_json(BALANCE_REPORTS / "metrics.json", metrics),
+        "class_counts": BALANCE_REPORTS / "class_counts",
+        "class_counts.png": plot_class_counts(ranked, BALANCE_REPORTS / "class_counts.png"),
+    })
+
+
+def plot_class_counts(ranked: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Boxes per class before and after the caps, classes by frequency, one panel per output."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ranked), figsize=(4 * len(ranked), 3.2), squeeze=False)
+    for ax, (output, rows) in zip(axes[0], ranked.items()):
+        ax.plot([r["rank"] for r in rows], [r["before"] for r in rows], label="before")
+        ax.plot([r["rank"] for r in rows], [r["after"] for r in rows], label="after")
+        ax.set(title=output, xlabel="class (by frequency)", ylabel="boxes", yscale="log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 # ------------------------------------------------------------------------------- conversations
@@ -163,6 +188,23 @@ def run_conversations(params: Params) -> tuple[StageResult, list[validate.Valida
     write_jsonl(CONVERSATION_QUARANTINE, (e for r in reports for e in r.quarantine))
     task_rows = [{"stage": stage, "task": task, **counts}
                  for stage, m in metrics.items() for task, counts in m["tasks"].items()]
-    artifacts = [_write_json(CONVERSATION_REPORTS / "metrics.json", metrics),
-                 _write_csv(CONVERSATION_REPORTS / "tasks.csv", task_rows)]
-    return StageResult(metrics, artifacts), reports
+    return StageResult(metrics, {
+        "metrics.json": _write_json(CONVERSATION_REPORTS / "metrics.json", metrics),
+        "tasks.csv": _write_csv(CONVERSATION_REPORTS / "tasks.csv", task_rows),
+        "quarantine.jsonl": CONVERSATION_QUARANTINE,
+        "data_docs": reports[0].docs_index.parent,
+        "samples.jsonl": _write_examples(built, CONVERSATION_REPORTS / "samples.jsonl"),
+    }), reports
+
+
+def _write_examples(built: dict[str, list[dict[str, Any]]], path: Path, per_task: int = 2) -> Path:
+    """A few conversations of each task, to read in the MLflow UI without opening the outputs."""
+    examples, seen = [], {}
+    for stage, samples in built.items():
+        for sample in samples:
+            key = (stage, sample["tasks"][0])
+            if seen.get(key, 0) < per_task:
+                seen[key] = seen.get(key, 0) + 1
+                examples.append({"stage": stage, **sample})
+    write_jsonl(path, examples)
+    return path
