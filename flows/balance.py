@@ -13,7 +13,7 @@ PARAMS = load_params()
 def balance() -> dict:
     with stage_run("balance", PARAMS):
         result = stages.run_balance(PARAMS)
-        log_outputs(result.metrics, result.artifacts)
+        log_outputs(result)
     return result.metrics
 
 

@@ -14,7 +14,7 @@ PARAMS = load_params()
 def conversations() -> dict:
     with stage_run("conversations", PARAMS):
         result, reports = stages.run_conversations(PARAMS)
-        log_outputs(result.metrics, result.artifacts)
+        log_outputs(result)
         check_gate(reports, PARAMS.validate_.max_bad_fraction, stages.CONVERSATION_QUARANTINE)
     return result.metrics
 

@@ -17,7 +17,7 @@ PARAMS = load_params()
 def download() -> dict:
     with stage_run("download", PARAMS):
         result = stages.produce_corpus(PARAMS)
-        log_outputs(result.metrics)
+        log_outputs(result)
         print(f"{PARAMS.data.source} corpus ready in {PARAMS.data.root}/: {result.metrics}")
     return result.metrics
 

@@ -25,7 +25,7 @@ def validate() -> dict:
     with stage_run("validate", PARAMS):
         reports = [validate_split(dataset, split) for dataset, splits in SPLITS.items() for split in splits]
         result = stages.finish_validation(PARAMS, reports)
-        log_outputs(result.metrics, result.artifacts)
+        log_outputs(result)
         # after logging, so that a failed run shows why
         check_gate(reports, PARAMS.validate_.max_bad_fraction, stages.QUARANTINE)
     return result.metrics

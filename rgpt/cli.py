@@ -35,6 +35,35 @@ def profile(name: Optional[str] = typer.Argument(None, help=f"one of {', '.join(
     console.print(f"profile: [bold]{name}[/bold] (in {params}); run `make pipeline` to rebuild")
 
 
+@app.command()
+def chat(question: str = typer.Argument(..., help='e.g. "What is in <region>?" (one <region> per --box/--mask)'),
+         model: Path = typer.Option(..., help="a trained RGPT folder, e.g. models/stage2"),
+         image: Path = typer.Option(..., help="the image to ask about"),
+         box: list[str] = typer.Option([], help="a region as x1,y1,x2,y2 in image pixels; repeatable"),
+         mask: list[Path] = typer.Option([], help="a region as a PNG mask of the image's size (non-zero = inside); "
+                                                  "repeatable, after the boxes"),
+         max_new_tokens: int = typer.Option(64)) -> None:
+    """Ask the model about regions of an image. Regions fill the <region> placeholders in order:
+    the --box ones first, then the --mask ones."""
+    from PIL import Image
+
+    from .chat import load_model, parse_box, read_mask
+    from .model.inference import Request, answer
+
+    pil = Image.open(image).convert("RGB")
+    try:
+        regions = [parse_box(b, *pil.size) for b in box] + [read_mask(m, *pil.size) for m in mask]
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if question.count("<region>") != len(regions):
+        raise typer.BadParameter(f"the question has {question.count('<region>')} <region> placeholders "
+                                 f"but {len(regions)} regions were given (--box/--mask)")
+    if "<image>" not in question:
+        question = f"<image>\n{question}"
+    rgpt, processor = load_model(model)
+    console.print(answer(rgpt, processor, [Request(pil, [(question, None)], regions)], max_new_tokens=max_new_tokens)[0])
+
+
 @data_app.command("synth")
 def data_synth(out: Path = typer.Argument(..., help="folder to write the corpus into (must be empty or absent)"),
                seed: Optional[int] = typer.Option(None, help="override synthetic.seed"),

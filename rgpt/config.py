@@ -102,6 +102,83 @@ class ConversationsParams(_Section):
     recapd: Path | None = None
 
 
+class TokenizerParams(_Section):
+    vocab_size: int = Field(2048, ge=64)
+
+
+class ClipParams(_Section):
+    image_size: int = Field(96, ge=16)
+    patch_size: int = Field(8, ge=1)
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 4
+    text_hidden_size: int = 128
+    text_layers: int = 3
+    projection_dim: int = 128
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(128, ge=2)
+    learning_rate: float = Field(1e-3, gt=0)
+
+
+class LlmParams(_Section):
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4  # head size 64: what vLLM's CPU attention kernels accept
+    intermediate_size: int = 688
+    max_length: int = Field(512, ge=16)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+
+
+class HubParams(_Section):
+    vision: str = "openai/clip-vit-large-patch14-336"
+    llm: str = "lmsys/vicuna-7b-v1.5"
+    revision: str = "main"
+
+
+class BaseModelsParams(_Section):
+    source: Literal["train", "hub"] = "train"
+    seed: int = 0
+    tokenizer: TokenizerParams = TokenizerParams()
+    clip: ClipParams = ClipParams()
+    llm: LlmParams = LlmParams()
+    hub: HubParams = HubParams()
+
+
+class ModelParams(_Section):
+    vision_feature_layer: int = -2
+    refinement: Literal["deconv", "bilinear", "deconv_bilinear", "none"] = "deconv"
+    region_input: Literal["mask", "box"] = "mask"
+    mask_morphology: int = 0  # > 0: dilate, < 0: erode, with a kernel of this many input pixels
+    image_tokens: tuple[int, int] | None = None  # (H, W) of the pooled image map; None: the tower's grid
+    max_length: int = Field(512, ge=16)
+
+
+class StageTrainParams(_Section):
+    learning_rate: float = Field(gt=0)
+    global_batch_size: int = Field(ge=1)
+    epochs: float = Field(1, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+
+
+class TrainParams(_Section):
+    seed: int = 0
+    nproc_per_node: int = Field(2, ge=1)
+    nnodes: int = Field(1, ge=1)
+    hostfile: Path | None = None
+    deepspeed_config: Path = Path("infra/deepspeed/zero2.json")
+    micro_batch_size: int = Field(8, ge=1)
+    checkpoint_every: int = Field(20, ge=1)  # optimizer steps
+    length_grouped: bool = True
+    gradient_checkpointing: bool = False  # recompute the LLM's activations in backward: memory for time
+    stage1: StageTrainParams
+    stage2: StageTrainParams
+    heldout_images: int = Field(100, ge=1)  # validation images for the quick held-out check
+
+
 class Params(_Section):
     profile: Literal["embedded", "paper"]
     data: DataParams
@@ -110,6 +187,9 @@ class Params(_Section):
     validate_: ValidateParams = Field(alias="validate")
     balance: BalanceParams
     conversations: ConversationsParams
+    base_models: BaseModelsParams
+    model: ModelParams
+    train: TrainParams
 
     def stage_params(self, stage: str) -> dict[str, Any]:
         """The sections a stage reads, as plain JSON-ready values (for logging and hashing)."""
@@ -125,14 +205,18 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "validate": ("data", "validate"),
     "balance": ("balance",),
     "conversations": ("data", "conversations"),
+    "base_models": ("data", "base_models"),
+    "train_stage1": ("data", "model", "train"),
+    "train_stage2": ("data", "model", "train"),
 }
 
 
-def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of `base` with `overlay` laid over it, nested dicts merged key by key."""
     out = copy.deepcopy(base)
     for key, value in overlay.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -144,7 +228,7 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     if profile not in PROFILES:
         raise ValueError(f"params.yaml: profile must be one of {PROFILES}, got {profile!r}")
     base = {k: v for k, v in raw.items() if k != "profiles"}
-    return _merge(base, (raw.get("profiles") or {}).get(profile) or {})
+    return merge(base, (raw.get("profiles") or {}).get(profile) or {})
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

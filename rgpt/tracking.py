@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,6 +26,14 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACTS = Path("mlartifacts")
 EXPERIMENT = "rgpt"
 PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class StageResult:
+    """What a stage reports: its metrics (also in reports/<stage>/metrics.json) and files to attach."""
+
+    metrics: dict[str, Any]
+    artifacts: dict[str, Path] = field(default_factory=dict)  # name in the MLflow run -> local path
 
 
 def tracking_uri() -> str:
@@ -111,26 +120,43 @@ def stage_run(stage: str, params: Params, **extra_tags: str) -> Iterator[Any]:
     with mlflow.start_run(experiment_id=_experiment_id(mlflow), run_name=stage, tags=tags) as run:
         mlflow.log_params(_flatten("", section, {}))
         if tags["rgpt.data_md5"] != "untracked":  # the raw corpus this run read, by its DVC hash
-            from mlflow.data.sources import LocalArtifactDatasetSource
-            from mlflow.data.meta_dataset import MetaDataset
-
-            source = LocalArtifactDatasetSource(str(Path(params.data.root).resolve()))
-            mlflow.log_input(MetaDataset(source, name="data", digest=tags["rgpt.data_md5"]), context="raw")
+            _log_input("data", Path(params.data.root), tags["rgpt.data_md5"], "raw")
         yield run
 
 
-def log_outputs(metrics: dict[str, Any], artifacts: dict[str, Path] | None = None) -> None:
-    """Log a stage's numeric metrics (nested keys joined by '.') and its reports.
+def file_md5(path: str | Path) -> str:
+    """The md5 of a file's bytes (what DVC records for a file output)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    `artifacts` maps a path in the run's artifact store to a local file or folder.
-    """
+
+def log_inputs(files: dict[str, Path], context: str) -> None:
+    """Record input files of the active run as MLflow datasets, named, with their md5 as digest."""
+    for name, path in files.items():
+        _log_input(name, Path(path), file_md5(path), context)
+
+
+def _log_input(name: str, path: Path, digest: str, context: str) -> None:
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    source = LocalArtifactDatasetSource(str(path.resolve()))
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)
+
+
+def log_outputs(result: StageResult) -> None:
+    """Log a stage's numeric metrics (nested keys joined by '.') and its report files and folders."""
     import mlflow
 
-    numeric = {k.replace(" ", "_"): float(v) for k, v in _flatten("", metrics, {}).items()
+    numeric = {k.replace(" ", "_"): float(v) for k, v in _flatten("", result.metrics, {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numeric:
         mlflow.log_metrics(numeric)
-    for name, path in (artifacts or {}).items():
+    for name, path in result.artifacts.items():
         if path.is_dir():
             mlflow.log_artifacts(str(path), name)
         elif path.exists():

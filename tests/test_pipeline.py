@@ -14,15 +14,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rgpt.config import STAGE_SECTIONS, load_params
+from rgpt.config import STAGE_SECTIONS, load_params, merge
 from rgpt.data import stages
 from rgpt.data.conversations import read_conversations
 from rgpt.data.formats import SPLITS
 from rgpt.data.records import DatasetSplit, read_jsonl
 from rgpt.data.validate import DataContractError, check_gate
+from rgpt.train import stages as train_stages
 
 from conftest import REPO, small_synthetic_params
 
+# Base models and training small enough for a test: a few optimizer steps of each stage.
+TINY_TRAINING = {
+    "base_models": {"clip": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                             "text_hidden_size": 32, "text_layers": 1, "projection_dim": 16, "epochs": 1,
+                             "batch_size": 64},
+                    "llm": {"hidden_size": 64, "num_layers": 1, "num_heads": 1, "intermediate_size": 128,
+                            "max_length": 256, "epochs": 1, "batch_size": 16}},
+    "model": {"image_tokens": [2, 2], "max_length": 256},
+    "train": {"micro_batch_size": 2, "checkpoint_every": 2, "heldout_images": 3,
+              "stage1": {"global_batch_size": 8, "epochs": 0.15}, "stage2": {"global_batch_size": 8, "epochs": 0.15}},
+}
 SMALL = {"images": {"v3det_train": 60, "v3det_val": 12, "vg": 40, "coco_train2017": 60, "coco_val2017": 40,
                     "llava": 12},
          "refcocog_images": {"train": 20, "val": 8, "test": 8}, "lvis_val_from_train2017": 5,
@@ -33,7 +45,10 @@ def test_dvc_yaml_matches_the_stage_code():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     expected_outs = {"validate": {str(stages.VALIDATED), str(stages.QUARANTINE)},
                      "balance": {str(stages.BALANCED)},
-                     "conversations": {str(stages.CONVERSATIONS), str(stages.CONVERSATION_QUARANTINE)}}
+                     "conversations": {str(stages.CONVERSATIONS), str(stages.CONVERSATION_QUARANTINE)},
+                     "base_models": {str(train_stages.BASE_MODELS)},
+                     "train_stage1": {str(train_stages.MODELS / "stage1")},
+                     "train_stage2": {str(train_stages.MODELS / "stage2")}}
     for name, stage in dvc.items():
         assert stage["cmd"] == f"python flows/{name}.py" and (REPO / "flows" / f"{name}.py").exists()
         assert {o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]} >= expected_outs[name]
@@ -162,7 +177,7 @@ def test_make_data_and_dvc_repro_run_the_flows(tmp_path):
         (repo / leftover).unlink(missing_ok=True)
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["synthetic"].update(SMALL)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    (repo / "params.yaml").write_text(yaml.safe_dump(merge(raw, TINY_TRAINING)))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
 
@@ -183,8 +198,19 @@ def test_make_data_and_dvc_repro_run_the_flows(tmp_path):
         tags = {}
         for run_id, key, value in db.execute("SELECT run_uuid, key, value FROM tags"):
             tags.setdefault(run_id, {})[key] = value
+        versions = db.execute("SELECT name, version FROM model_versions").fetchall()
+        steps = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'loss'").fetchone()[0]
     by_stage = {t["rgpt.stage"]: t for t in tags.values() if "rgpt.stage" in t}
-    assert set(by_stage) == {"download", "validate", "balance", "conversations"}
-    for stage in ("validate", "balance", "conversations"):
+    assert set(by_stage) == {"download", "validate", "balance", "conversations", "base_models", "train_stage1",
+                             "train_stage2"}
+    for stage in set(by_stage) - {"download"}:
         t = by_stage[stage]
         assert t["rgpt.data_md5"] == md5 and t["prefect.flow_run_id"] and len(t["rgpt.params_hash"]) == 12
+    assert versions == [("rgpt", 1)]  # stage 2's model, registered
+    assert steps > 2  # per-step losses of both stages
+
+    # the trained model answers from the command line
+    image = next((repo / "data/coco/val2017").glob("*.jpg"))
+    done = subprocess.run(["rgpt", "chat", "--model", "models/stage2", "--image", str(image), "--box", "2,2,30,30",
+                           "What is <region>?"], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -7,14 +7,14 @@ the files worth attaching to its MLflow run.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import Params
+from ..reports import pyplot, write_csv, write_json
+from ..tracking import StageResult
 from . import balance, conversations, formats, validate
 from .download import fetch_all
 from .records import DatasetSplit, write_jsonl
@@ -23,27 +23,6 @@ from .templates import load_templates
 OUTPUTS = Path("outputs")
 REPORTS = Path("reports")
 SYNTHETIC_MANIFEST = "SYNTHETIC.json"  # marks a data root the synthetic generator wrote
-
-
-@dataclass
-class StageResult:
-    metrics: dict[str, Any]
-    artifacts: dict[str, Path] = field(default_factory=dict)  # name in the MLflow run -> local path
-
-
-def _write_json(path: Path, obj: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    return path
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 # ------------------------------------------------------------------------------------ download
@@ -80,7 +59,7 @@ def write_synthetic_root(root: Path, params: Params, *, progress: bool = True) -
     staging = root.with_name(root.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     counts = write_corpus(staging, params.synthetic, progress=progress)
-    _write_json(staging / SYNTHETIC_MANIFEST, {**manifest, "counts": counts})
+    write_json(staging / SYNTHETIC_MANIFEST, {**manifest, "counts": counts})
     if root.exists():
         shutil.rmtree(root)
     staging.rename(root)
@@ -109,8 +88,8 @@ def finish_validation(params: Params, reports: list[validate.ValidationReport]) 
     metrics = {report.name: report.counts for report in reports}
     reasons = [{"split": r.name, "reason": reason, "count": n} for r in reports for reason, n in r.reasons.items()]
     return StageResult(metrics, {
-        "metrics.json": _write_json(VALIDATE_REPORTS / "metrics.json", metrics),
-        "quarantine_by_reason.csv": _write_csv(VALIDATE_REPORTS / "quarantine_by_reason.csv", reasons),
+        "metrics.json": write_json(VALIDATE_REPORTS / "metrics.json", metrics),
+        "quarantine_by_reason.csv": write_csv(VALIDATE_REPORTS / "quarantine_by_reason.csv", reasons),
         "quarantine.jsonl": QUARANTINE,
         "data_docs": reports[0].docs_index.parent,
     })
@@ -134,9 +113,9 @@ def run_balance(params: Params) -> StageResult:
     for output in sorted({r["dataset"] for r in rows}):  # one plot file per output: classes by frequency
         ordered = sorted((r for r in rows if r["dataset"] == output), key=lambda r: (-r["before"], r["category_id"]))
         ranked[output] = [{"rank": i + 1, **r} for i, r in enumerate(ordered)]
-        _write_csv(BALANCE_REPORTS / "class_counts" / f"{output}.csv", ranked[output])
+        write_csv(BALANCE_REPORTS / "class_counts" / f"{output}.csv", ranked[output])
     return StageResult(metrics, {
-        "metrics.json": _write_json(BALANCE_REPORTS / "metrics.json", metrics),
+        "metrics.json": write_json(BALANCE_REPORTS / "metrics.json", metrics),
         "class_counts": BALANCE_REPORTS / "class_counts",
         "class_counts.png": plot_class_counts(ranked, BALANCE_REPORTS / "class_counts.png"),
     })
@@ -144,11 +123,7 @@ def run_balance(params: Params) -> StageResult:
 
 def plot_class_counts(ranked: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     """Boxes per class before and after the caps, classes by frequency, one panel per output."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(ranked), figsize=(4 * len(ranked), 3.2), squeeze=False)
     for ax, (output, rows) in zip(axes[0], ranked.items()):
         ax.plot([r["rank"] for r in rows], [r["before"] for r in rows], label="before")
@@ -189,8 +164,8 @@ def run_conversations(params: Params) -> tuple[StageResult, list[validate.Valida
     task_rows = [{"stage": stage, "task": task, **counts}
                  for stage, m in metrics.items() for task, counts in m["tasks"].items()]
     return StageResult(metrics, {
-        "metrics.json": _write_json(CONVERSATION_REPORTS / "metrics.json", metrics),
-        "tasks.csv": _write_csv(CONVERSATION_REPORTS / "tasks.csv", task_rows),
+        "metrics.json": write_json(CONVERSATION_REPORTS / "metrics.json", metrics),
+        "tasks.csv": write_csv(CONVERSATION_REPORTS / "tasks.csv", task_rows),
         "quarantine.jsonl": CONVERSATION_QUARANTINE,
         "data_docs": reports[0].docs_index.parent,
         "samples.jsonl": _write_examples(built, CONVERSATION_REPORTS / "samples.jsonl"),

@@ -1,0 +1,25 @@
+"""dvc stage `base_models`: the tokenizer, CLIP and LLM RGPT starts from.
+
+Embedded: trained here on the corpus (a few CPU minutes). Paper: CLIP ViT-L/14-336 and
+Vicuna-7B v1.5 snapshotted from the Hugging Face hub (HF_TOKEN from the environment).
+"""
+
+from prefect import flow
+
+from rgpt.config import load_params
+from rgpt.tracking import flow_version, log_outputs, stage_run
+from rgpt.train import stages
+
+PARAMS = load_params()
+
+
+@flow(name="base_models", version=flow_version("base_models", PARAMS))
+def base_models() -> dict:
+    with stage_run("base_models", PARAMS):
+        result = stages.run_base_models(PARAMS)
+        log_outputs(result)
+    return result.metrics
+
+
+if __name__ == "__main__":
+    base_models()

@@ -1,0 +1,1 @@
+"""Evaluation: benchmark metrics, the evaluation runner, and the quick held-out check."""

@@ -1,0 +1,15 @@
+"""RGPT's model: configuration, modeling, region handling, processing, and the base models.
+
+Importing this package registers RGPT with the transformers Auto classes, so that
+`AutoModelForImageTextToText.from_pretrained(<rgpt checkpoint>)` works.
+"""
+
+from transformers import AutoConfig, AutoModelForImageTextToText
+
+from .configuration_rgpt import RGPTConfig
+from .modeling_rgpt import RGPTForConditionalGeneration
+
+AutoConfig.register("rgpt", RGPTConfig, exist_ok=True)
+AutoModelForImageTextToText.register(RGPTConfig, RGPTForConditionalGeneration, exist_ok=True)
+
+__all__ = ["RGPTConfig", "RGPTForConditionalGeneration"]

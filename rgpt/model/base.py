@@ -1,0 +1,478 @@
+"""The base models RGPT starts from, written in one layout whichever way they were made.
+
+    <out>/tokenizer/        the tokenizer RGPT uses: the LLM's, with <image> and <region> as single tokens
+    <out>/clip/             a transformers CLIPModel (RGPT uses its vision tower) and its tokenizer
+    <out>/llm/              a transformers causal LM (Llama architecture) and its tokenizer
+    <out>/base_models.json  the manifest: source, params and quality figures (or the hub commits)
+
+`source: train` (embedded profile) trains all three here, seeded, on the corpus: a byte-level BPE
+on the conversation text, a small CLIP contrastively on region crops and their names, phrases
+and captions, and a small Llama on the conversations rendered in RGPT's chat template.
+`source: hub` (paper profile) downloads the paper's CLIP ViT-L/14-336 and Vicuna-7B v1.5 and
+extends Vicuna's tokenizer with the two placeholders; its LLM still has the old vocabulary size,
+so `RGPTForConditionalGeneration.from_base_models` resizes its embeddings to `len(tokenizer)`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm import tqdm
+from transformers import (AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
+                          get_cosine_schedule_with_warmup)
+
+from ..config import BaseModelsParams, ClipParams, HubParams, LlmParams, Params
+from ..data.conversations import category_answer, read_conversations
+from ..data.records import Box, DatasetSplit
+from ..data.templates import IMAGE, REGION, TEMPLATE_FILES, Templates, load_templates
+from .image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, to_pixel_values
+from .processing_rgpt import question_text
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "base_models.json"
+TOKENIZER_DIR, CLIP_DIR, LLM_DIR = "tokenizer", "clip", "llm"
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+# In id order. The eos id must not be 2: CLIP's text tower reads eos_token_id == 2 as a legacy
+# config and then pools at the highest token id instead of at the eos.
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, IMAGE, REGION)
+CLIP_TEXT_LENGTH = 77  # CLIP's context length
+
+CLIP_TRAIN_SPLITS = ("v3det_train", "coco_train", "lvis_train", "vg_train", "llava_train")
+ZERO_SHOT_SPLIT = "v3det_val"  # held-out crops, classified among all of V3Det's category names
+CONVERSATION_FILES = ("pretrain.jsonl", "finetune.jsonl")
+HELDOUT_FRACTION = 0.05  # of the conversations' images, whose conversations the LLM never trains on
+
+# Training constants shared by both models (nanoGPT's choices for small transformers).
+WEIGHT_DECAY = 0.1  # on matrices only; biases, norms and embeddings' scales decay to nothing otherwise
+WARMUP_RATIO = 0.05
+GRAD_CLIP = 1.0
+CROP_CONTEXT = 0.1  # a region crop keeps this share of the box's longer side around it, on every side
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------- corpus text
+
+
+def render_conversation(sample: dict[str, Any]) -> str:
+    """A conversation sample as RGPT's LLM reads it (Vicuna v1, the processor's template):
+    'SYSTEM USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>'; the tokenizer adds the <s>."""
+    turns = sample["conversations"]
+    if len(turns) % 2 or any(t["from"] != role for t, role in zip(turns, ["human", "gpt"] * len(turns))):
+        raise ValueError(f"conversation {sample.get('id')}: turns must alternate human, gpt; got "
+                         f"{[t['from'] for t in turns]}")
+    return "".join(f"{question_text(q['value'], first=i == 0)} {a['value']}{EOS}"
+                   for i, (q, a) in enumerate(zip(turns[::2], turns[1::2])))
+
+
+def template_lines(templates: Templates) -> list[str]:
+    """Every instruction and task prompt, so the vocabulary covers questions the corpus may not ask."""
+    lines = [line for name in TEMPLATE_FILES for line in getattr(templates, name)]
+    return lines + list(vars(templates.prompts).values())
+
+
+def corpus_texts(samples: Iterable[dict[str, Any]], templates: Templates) -> list[str]:
+    """The tokenizer's training text: every conversation rendered, and the instruction templates."""
+    return [render_conversation(sample) for sample in samples] + template_lines(templates)
+
+
+# ----------------------------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of at most `vocab_size` tokens that adds <s> in front, as Llama's does.
+
+    Byte-level pre-tokenization round-trips any text exactly (newlines and spaces included) and
+    never needs <unk>. <image> and <region> are special tokens, so never split; they are cut out of
+    the training text first, as there is nothing for BPE to learn from them. The vocabulary stops
+    short of `vocab_size` when the text has no pair left to merge.
+    """
+    split = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+    backend = Tokenizer(models.BPE(unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator((piece for text in texts for piece in split.split(text)), trainer)
+    return _with_template(backend, f"{BOS} $A", max_length)
+
+
+def clip_text_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """The same vocabulary for CLIP's text tower: <s> text </s>, at most 77 tokens (it pools at </s>).
+
+    CLIP's texts are names and phrases on their own, which the corpus has only after a space
+    ("ASSISTANT: red circle"), so a space is put in front: "red" is then the corpus's one token.
+    """
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    return _with_template(backend, f"{BOS} $A {EOS}", CLIP_TEXT_LENGTH)
+
+
+def _with_template(backend: Tokenizer, template: str, max_length: int) -> PreTrainedTokenizerFast:
+    backend.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, backend.token_to_id(t)) for t in (BOS, EOS)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, unk_token=UNK, bos_token=BOS,
+                                   eos_token=EOS, extra_special_tokens=[IMAGE, REGION],
+                                   model_max_length=max_length, clean_up_tokenization_spaces=False)
+
+
+def tokenizer_summary(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    return {"vocab_size": len(tokenizer), "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE),
+            "region_token_id": tokenizer.convert_tokens_to_ids(REGION), "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
+# ---------------------------------------------------------------------------------------- CLIP
+
+
+@dataclass(frozen=True)
+class ClipPair:
+    """An image (or a region of it) and a text that describes it."""
+
+    file_name: str  # relative to the data root
+    box: Box | None  # [x, y, w, h] of the region; None: the whole image
+    text: str
+
+
+def clip_pairs(splits: Iterable[DatasetSplit]) -> list[ClipPair]:
+    """Region crops with their category name (LVIS's underscores as spaces) or each of their phrases,
+    and whole images with each caption. Crowd regions are skipped: their box holds several objects."""
+    pairs = []
+    for split in splits:
+        for record in split.records:
+            pairs += [ClipPair(record.file_name, None, caption.strip()) for caption in record.captions]
+            for region in record.regions:
+                if region.iscrowd:
+                    continue
+                texts = [category_answer(region, record)] if region.category else region.phrases
+                pairs += [ClipPair(record.file_name, region.box, text.strip()) for text in texts if text.strip()]
+    return pairs
+
+
+def crop(image: Image.Image, box: Box | None) -> Image.Image:
+    """The region with `CROP_CONTEXT` of context around it (clipped to the image); the image if no box."""
+    if box is None:
+        return image
+    x, y, w, h = box
+    margin = CROP_CONTEXT * max(w, h)
+    left, top = max(0, round(x - margin)), max(0, round(y - margin))
+    right, bottom = min(image.width, round(x + w + margin)), min(image.height, round(y + h + margin))
+    return image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
+
+
+def load_crops(pairs: Sequence[ClipPair], data_root: Path) -> list[Image.Image]:
+    """The image of every pair, cropped to its region; each file is read once."""
+    images: dict[str, Image.Image] = {}
+    crops = []
+    for pair in pairs:
+        if pair.file_name not in images:
+            path = data_root / pair.file_name
+            if not path.exists():
+                raise FileNotFoundError(f"{path} not found: the validated splits name images under "
+                                        f"{data_root}; is data.root right and the corpus written?")
+            images[pair.file_name] = Image.open(path).convert("RGB")
+        crops.append(crop(images[pair.file_name], pair.box))
+    return crops
+
+
+def clip_config(params: ClipParams, tokenizer: PreTrainedTokenizerBase) -> CLIPConfig:
+    vision = CLIPVisionConfig(image_size=params.image_size, patch_size=params.patch_size,
+                              hidden_size=params.hidden_size, intermediate_size=4 * params.hidden_size,
+                              num_hidden_layers=params.num_layers, num_attention_heads=params.num_heads)
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=params.text_hidden_size,
+                          intermediate_size=4 * params.text_hidden_size, num_hidden_layers=params.text_layers,
+                          num_attention_heads=max(1, params.text_hidden_size // 64),
+                          max_position_embeddings=CLIP_TEXT_LENGTH, pad_token_id=tokenizer.pad_token_id,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                      projection_dim=params.projection_dim)
+
+
+def contrastive_loss(logits_per_image: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss over a batch's distinct texts, some of which may be shared or unmatched.
+
+    logits_per_image: (B, U) each image against U distinct texts; text_index: (B,) the column of
+    each image's own text. An image has one right text; a text is right for all of its images, so
+    its target spreads evenly over them; a text no image of the batch has is only a negative.
+    With one distinct text per image this is CLIP's loss exactly.
+    """
+    image_loss = F.cross_entropy(logits_per_image, text_index)
+    targets = F.one_hot(text_index, logits_per_image.shape[1]).T.float()  # (U, B)
+    matched = targets.sum(dim=1) > 0
+    targets = targets[matched] / targets[matched].sum(dim=1, keepdim=True)
+    text_loss = -(targets * logits_per_image.T[matched].log_softmax(dim=1)).sum(dim=1).mean()
+    return (image_loss + text_loss) / 2
+
+
+def clip_batch(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, images: Sequence[Image.Image],
+               texts: Sequence[str], negatives: Sequence[str] = ()) -> torch.Tensor:
+    """The contrastive loss of one batch of (image, text) pairs, `negatives` added to its texts."""
+    distinct = sorted(set(texts) | set(negatives))
+    column = {text: i for i, text in enumerate(distinct)}
+    tokens = tokenizer(distinct, padding=True, truncation=True, return_tensors="pt")
+    pixel_values = to_pixel_values(list(images), model.config.vision_config.image_size)
+    out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixel_values)
+    return contrastive_loss(out.logits_per_image, torch.tensor([column[text] for text in texts]))
+
+
+def train_clip(images: Sequence[Image.Image], texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
+               params: ClipParams, seed: int, *, negatives: Sequence[str] = (),
+               progress: bool = True) -> tuple[CLIPModel, dict[str, Any]]:
+    """A CLIP trained from scratch on (image, text) pairs; returns it and its training figures.
+
+    `tokenizer` is the CLIP text tokenizer (`clip_text_tokenizer`). Images are preprocessed as RGPT
+    preprocesses its inputs (`to_pixel_values`), with OpenAI's statistics. `negatives` join every
+    batch's texts: the category names, so that each crop is told apart from every other category,
+    not only from the few in its batch, which mostly differ in colour alone and teach no shape.
+    """
+    if len(images) != len(texts) or len(images) < 2:
+        raise ValueError(f"CLIP needs at least 2 (image, text) pairs of equal counts, got {len(images)} "
+                         f"images and {len(texts)} texts")
+    seed_everything(seed)
+    model = CLIPModel(clip_config(params, tokenizer))
+    batches_per_epoch = math.ceil(len(images) / params.batch_size)
+    optimizer, scheduler = _optimizer(model, params.learning_rate, params.epochs * batches_per_epoch)
+    order = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    with tqdm(total=params.epochs * batches_per_epoch, desc="clip", disable=not progress) as bar:
+        for _ in range(params.epochs):
+            for batch in torch.randperm(len(images), generator=order).split(params.batch_size):
+                loss = clip_batch(model, tokenizer, [images[i] for i in batch], [texts[i] for i in batch], negatives)
+                _step(model, loss, optimizer, scheduler)
+                with torch.no_grad():  # CLIP's cap on the temperature: logits at most 100x the cosines
+                    model.logit_scale.clamp_(0, math.log(100))
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return model, {"pairs": len(images), "distinct_texts": len(set(texts)), "steps": len(losses),
+                   "first_loss": losses[0], "last_epoch_loss": float(np.mean(losses[-batches_per_epoch:]))}
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, images: Sequence[Image.Image],
+                       labels: Sequence[str], names: Sequence[str], batch_size: int = 256) -> float:
+    """Share of images whose most similar name, among `names`, is their label."""
+    unknown = sorted(set(labels) - set(names))
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not among the {len(names)} class names")
+    tokens = tokenizer(list(names), padding=True, truncation=True, return_tensors="pt")
+    text = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)  # (K, P)
+    predicted = []
+    for start in range(0, len(images), batch_size):
+        pixel_values = to_pixel_values(list(images[start:start + batch_size]), model.config.vision_config.image_size)
+        image = F.normalize(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)  # (B, P)
+        predicted += (image @ text.T).argmax(dim=1).tolist()
+    index = {name: i for i, name in enumerate(names)}
+    return float(np.mean([p == index[label] for p, label in zip(predicted, labels)]))
+
+
+# ----------------------------------------------------------------------------------------- LLM
+
+
+def llm_config(params: LlmParams, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    heads = params.num_heads
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=params.hidden_size,
+                       intermediate_size=params.intermediate_size, num_hidden_layers=params.num_layers,
+                       num_attention_heads=heads, num_key_value_heads=heads, head_dim=params.hidden_size // heads,
+                       max_position_embeddings=params.max_length, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=False)
+
+
+def pack(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, length: int) -> torch.Tensor:
+    """(N, length) token ids: the texts' tokens (each text starting with <s>) end to end, cut into
+    blocks; the last, incomplete block is dropped (nanoGPT's packing: no padding, no wasted compute)."""
+    stream = [i for ids in tokenizer(list(texts)).input_ids for i in ids]
+    blocks = len(stream) // length
+    if blocks == 0:
+        raise ValueError(f"{len(texts)} texts make {len(stream)} tokens, fewer than one block of {length}")
+    return torch.tensor(stream[:blocks * length]).view(blocks, length)
+
+
+def train_llm(blocks: torch.Tensor, tokenizer: PreTrainedTokenizerBase, params: LlmParams, seed: int, *,
+              progress: bool = True) -> tuple[LlamaForCausalLM, dict[str, Any]]:
+    """A Llama trained from scratch for next-token prediction on packed blocks (`pack`)."""
+    seed_everything(seed)
+    model = LlamaForCausalLM(llm_config(params, tokenizer))
+    batches_per_epoch = math.ceil(len(blocks) / params.batch_size)
+    optimizer, scheduler = _optimizer(model, params.learning_rate, params.epochs * batches_per_epoch)
+    order = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    with tqdm(total=params.epochs * batches_per_epoch, desc="llm", disable=not progress) as bar:
+        for _ in range(params.epochs):
+            for batch in torch.randperm(len(blocks), generator=order).split(params.batch_size):
+                loss = model(input_ids=blocks[batch], labels=blocks[batch]).loss
+                _step(model, loss, optimizer, scheduler)
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return model, {"train_tokens": blocks.numel(), "steps": len(losses), "first_loss": losses[0],
+                   "last_epoch_loss": float(np.mean(losses[-batches_per_epoch:]))}
+
+
+@torch.no_grad()
+def perplexity(model: LlamaForCausalLM, blocks: torch.Tensor, batch_size: int = 16) -> float:
+    """exp of the mean next-token loss over packed blocks of equal length."""
+    losses = [model(input_ids=batch, labels=batch).loss.item() * len(batch) for batch in blocks.split(batch_size)]
+    return math.exp(sum(losses) / len(blocks))
+
+
+def heldout_images(samples: Sequence[dict[str, Any]], fraction: float, seed: int) -> set[str]:
+    """A seeded share of the conversations' images: held out whole, since an image's several
+    conversations (and its pre-training and fine-tuning ones) repeat its answers."""
+    images = sorted({sample["image"] for sample in samples})
+    return set(random.Random(seed).sample(images, max(1, round(fraction * len(images)))))
+
+
+# ------------------------------------------------------------------------------- both models
+
+
+def _optimizer(model: torch.nn.Module, learning_rate: float, steps: int):
+    """AdamW with weight decay on matrices only, and a cosine schedule after a linear warm-up."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate, betas=(0.9, 0.98))
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, math.ceil(WARMUP_RATIO * steps), steps)
+
+
+def _step(model: torch.nn.Module, loss: torch.Tensor, optimizer, scheduler) -> None:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+# ------------------------------------------------------------------------------------ the stage
+
+
+def build_base_models(params: Params, out_dir: Path, *, validated: Path, conversations: Path,
+                      snapshot: Callable[[str, str, Path], str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write the base models' layout to `out_dir` and return its manifest.
+
+    validated / conversations: the directories of the validate and conversations stages' outputs
+    (read by `source: train`). snapshot: how `source: hub` fetches a repository (`_snapshot`).
+    The layout is written beside `out_dir` and moved into place at the end, so a failed run never
+    leaves half of one behind.
+    """
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".tmp")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists():
+        raise FileExistsError(f"{out_dir} holds files but no {MANIFEST}, so it is not a base-models layout "
+                              "this stage wrote; move them away or choose another output directory")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    bm = params.base_models
+    if bm.source == "hub":
+        manifest = fetch_from_hub(bm.hub, staging, snapshot or _snapshot)
+    else:
+        manifest = train_base_models(bm, staging, data_root=Path(params.data.root), validated=Path(validated),
+                                     conversations=Path(conversations), progress=progress)
+    manifest = {"source": bm.source, "params": json.loads(bm.model_dump_json()), **manifest}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return manifest
+
+
+def train_base_models(params: BaseModelsParams, out_dir: Path, *, data_root: Path, validated: Path,
+                      conversations: Path, progress: bool = True) -> dict[str, Any]:
+    """Train the tokenizer, CLIP and the LLM on the corpus; save them; return their figures."""
+    samples = [sample for name in CONVERSATION_FILES for sample in read_conversations(conversations / name)]
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(corpus_texts(samples, load_templates()), params.tokenizer.vocab_size,
+                                params.llm.max_length)
+    tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
+    log.info("tokenizer: %d tokens in %.1f s", len(tokenizer), time.perf_counter() - started)
+
+    started = time.perf_counter()
+    text_tokenizer = clip_text_tokenizer(tokenizer)
+    pairs = clip_pairs(DatasetSplit.load(validated, name) for name in CLIP_TRAIN_SPLITS)
+    clip, clip_figures = train_clip(load_crops(pairs, data_root), [p.text for p in pairs], text_tokenizer,
+                                    params.clip, params.seed, progress=progress)
+    heldout = DatasetSplit.load(validated, ZERO_SHOT_SPLIT)
+    heldout_pairs = clip_pairs([heldout])
+    names = [heldout.categories[k] for k in sorted(heldout.categories)]
+    clip_figures["zero_shot_accuracy"] = zero_shot_accuracy(
+        clip, text_tokenizer, load_crops(heldout_pairs, data_root), [p.text for p in heldout_pairs], names)
+    clip_figures["zero_shot_crops"], clip_figures["zero_shot_classes"] = len(heldout_pairs), len(names)
+    clip.save_pretrained(out_dir / CLIP_DIR)
+    text_tokenizer.save_pretrained(out_dir / CLIP_DIR)
+    log.info("clip: zero-shot accuracy %.3f on %s in %.1f s", clip_figures["zero_shot_accuracy"],
+             ZERO_SHOT_SPLIT, time.perf_counter() - started)
+
+    started = time.perf_counter()
+    held = heldout_images(samples, HELDOUT_FRACTION, params.seed)
+    train_texts = [render_conversation(s) for s in samples if s["image"] not in held]
+    heldout_texts = [render_conversation(s) for s in samples if s["image"] in held]
+    llm, llm_figures = train_llm(pack(train_texts, tokenizer, params.llm.max_length), tokenizer, params.llm,
+                                 params.seed, progress=progress)
+    heldout_blocks = pack(heldout_texts, tokenizer, params.llm.max_length)
+    llm_figures |= {"heldout_conversations": len(heldout_texts), "heldout_tokens": heldout_blocks.numel(),
+                    "heldout_perplexity": perplexity(llm, heldout_blocks)}
+    llm.save_pretrained(out_dir / LLM_DIR)
+    tokenizer.save_pretrained(out_dir / LLM_DIR)
+    log.info("llm: held-out perplexity %.3f in %.1f s", llm_figures["heldout_perplexity"],
+             time.perf_counter() - started)
+    return {"tokenizer": tokenizer_summary(tokenizer), "clip": clip_figures, "llm": llm_figures}
+
+
+# ------------------------------------------------------------------------------------------ hub
+
+# Weight formats the transformers (PyTorch) loaders never read: skipped to save gigabytes.
+UNUSED_WEIGHTS = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "flax_model*", "tf_model*"]
+
+
+def _snapshot(repo: str, revision: str, dest: Path) -> str:
+    """Download `repo` at `revision` into `dest`; return the commit it resolved to.
+
+    The hub token comes from HF_TOKEN in the environment, read by huggingface_hub itself.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    commit = HfApi().model_info(repo, revision=revision).sha
+    snapshot_download(repo, revision=commit, local_dir=dest, ignore_patterns=UNUSED_WEIGHTS)
+    return commit
+
+
+def fetch_from_hub(params: HubParams, out_dir: Path, snapshot: Callable[[str, str, Path], str]) -> dict[str, Any]:
+    """The paper's CLIP and LLM into clip/ and llm/, and the LLM's tokenizer with <image> and
+    <region> added into tokenizer/. `snapshot(repo, revision, dest)` fetches a repository and
+    returns its commit."""
+    commits = {CLIP_DIR: snapshot(params.vision, params.revision, out_dir / CLIP_DIR),
+               LLM_DIR: snapshot(params.llm, params.revision, out_dir / LLM_DIR)}
+    tokenizer = AutoTokenizer.from_pretrained(out_dir / LLM_DIR)
+    tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE, REGION]}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:  # Vicuna has none; LLaVA pads with <unk>
+        tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
+    repos = {CLIP_DIR: params.vision, LLM_DIR: params.llm}
+    return {"tokenizer": tokenizer_summary(tokenizer),
+            "hub": {part: {"repo": repos[part], "revision": params.revision, "commit": commits[part]}
+                    for part in (CLIP_DIR, LLM_DIR)}}

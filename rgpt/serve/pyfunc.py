@@ -1,0 +1,49 @@
+"""RGPT as an MLflow pyfunc model: the saved Hugging Face folder plus the code that answers.
+
+`mlflow.pyfunc.load_model("models:/rgpt/<version>").predict(frame)` takes a DataFrame with
+columns `image` (a path), `question` (with one `<region>` per region) and `regions` (a list of
+{"box": [x, y, w, h]} / {"segmentation": ...} dicts, or its JSON) and returns the answers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+MODEL_ARTIFACT = "model"  # the saved RGPT folder inside the MLflow model
+
+
+class RGPTModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from rgpt.chat import load_model
+
+        self.model, self.processor = load_model(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
+        from PIL import Image
+
+        from rgpt.model.inference import Request, answer
+
+        requests = []
+        for row in model_input.itertuples():
+            regions = json.loads(row.regions) if isinstance(row.regions, str) else list(row.regions)
+            regions = [{"box": r.get("box"), "segmentation": r.get("segmentation")} for r in regions]
+            question = row.question if "<image>" in row.question else f"<image>\n{row.question}"
+            with Image.open(row.image) as image:
+                requests.append(Request(image.convert("RGB"), [(question, None)], regions))
+        return answer(self.model, self.processor, requests, max_new_tokens=int((params or {}).get("max_new_tokens", 64)))
+
+
+def log_model(folder: str | Path, registered_name: str | None = None) -> mlflow.models.model.ModelInfo:
+    """Log a saved RGPT folder as a pyfunc model in the active run (and register it, if named)."""
+    import rgpt
+
+    package = Path(rgpt.__file__).parent
+    requirements = (package.parent / "requirements.lock").read_text().splitlines()
+    return mlflow.pyfunc.log_model(
+        name="rgpt", python_model=RGPTModel(), artifacts={MODEL_ARTIFACT: str(folder)},
+        code_paths=[str(package)], registered_model_name=registered_name,
+        pip_requirements=[r for r in requirements if r and not r.startswith("#")])

@@ -1,0 +1,354 @@
+"""Base models: preprocessing, tokenizer, CLIP, LLM, the layout and manifest, and the hub path."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
+
+from rgpt.config import ClipParams, HubParams, LlmParams, Params, load_params
+from rgpt.data import formats
+from rgpt.data.conversations import build_finetune, build_pretrain, write_conversations
+from rgpt.data.records import DatasetSplit, ImageRecord, Region
+from rgpt.data.templates import load_templates
+from rgpt.model import base
+from rgpt.model.image import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, mean_colour, pad_to_square, square_transform,
+                              to_pixel_values)
+from rgpt.model.processing_rgpt import SYSTEM
+
+from conftest import REPO
+
+TINY_CLIP = ClipParams(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, text_hidden_size=64,
+                       text_layers=1, projection_dim=16, epochs=1, batch_size=8, learning_rate=3e-3)
+TINY_LLM = LlmParams(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, max_length=32, epochs=1,
+                     batch_size=4, learning_rate=1e-2)
+
+
+def unnormalise(pixel_values: torch.Tensor) -> torch.Tensor:
+    """(3, S, S) in [0, 1] again."""
+    return pixel_values * torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1) + torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
+
+
+def sample(image: str, *turns: str) -> dict:
+    roles = ["human", "gpt"] * len(turns)
+    return {"id": f"{image}#0", "image": image, "conversations": [{"from": r, "value": v} for r, v in zip(roles, turns)]}
+
+
+SAMPLES = [sample(f"img{i}.jpg", f"<image>\nWhat is in <region>?", f"{colour} {shape}", "And <region>?",
+                  f"{shape} {colour}")
+           for i, (colour, shape) in enumerate((c, s) for c in ["red", "green", "blue", "white"]
+                                               for s in ["circle", "square", "star"])]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return base.train_tokenizer(base.corpus_texts(SAMPLES, load_templates()), vocab_size=600, max_length=64)
+
+
+# ---------------------------------------------------------------------------------- image.py
+
+
+def test_pad_to_square_centres_the_image_on_the_fill_colour():
+    image = Image.new("RGB", (4, 2), (255, 0, 0))
+    square = np.asarray(pad_to_square(image, (1, 2, 3)))
+    assert square.shape == (4, 4, 3)
+    assert (square[[0, 3]] == [1, 2, 3]).all() and (square[1:3] == [255, 0, 0]).all()
+    assert np.asarray(pad_to_square(Image.new("RGB", (3, 5)), (9, 9, 9)))[:, [0, 4]].tolist() == [[[9] * 3] * 2] * 5
+
+
+@pytest.mark.parametrize("size, box", [((40, 20), [8, 4, 16, 8]), ((20, 40), [2, 10, 8, 20])])
+def test_a_box_mapped_by_square_transform_covers_its_object_in_the_input(size, box):
+    image = Image.new("RGB", size, (0, 0, 0))
+    x, y, w, h = box
+    ImageDraw.Draw(image).rectangle([x, y, x + w - 1, y + h - 1], fill=(255, 255, 255))
+    scale, pad_x, pad_y = square_transform(*size, 20)
+    assert scale == 0.5
+    bx, by, bw, bh = (round(v) for v in (x * scale + pad_x, y * scale + pad_y, w * scale, h * scale))
+    expected = torch.zeros(20, 20, dtype=torch.bool)
+    expected[by:by + bh, bx:bx + bw] = True
+    white = unnormalise(to_pixel_values([image], 20)[0]).mean(0) > 0.5  # (S, S)
+    assert torch.equal(white, expected)
+
+
+def test_to_pixel_values_normalises_and_the_padding_becomes_zero():
+    images = [Image.new("RGB", (30, 10), (255, 255, 255)), Image.new("RGB", (8, 8), (0, 0, 0))]
+    pixels = to_pixel_values(images, 12)
+    assert pixels.shape == (2, 3, 12, 12) and pixels.dtype == torch.float32
+    assert pixels[0, :, 0].abs().max() < 0.02  # the pad: the mean colour, truncated to whole levels
+    expected_white = (1 - torch.tensor(OPENAI_CLIP_MEAN)) / torch.tensor(OPENAI_CLIP_STD)
+    assert torch.allclose(pixels[0, :, 6, 6], expected_white, atol=1e-5)
+    assert mean_colour(OPENAI_CLIP_MEAN) == (122, 116, 104)
+
+
+# ----------------------------------------------------------------------------------- tokenizer
+
+
+def test_placeholders_are_single_special_tokens_and_text_round_trips(tokenizer):
+    assert tokenizer.convert_tokens_to_ids(["<pad>", "<unk>", "<s>", "</s>", "<image>", "<region>"]) == list(range(6))
+    ids = tokenizer("<image>\nWhat is <region>?<region>").input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[1] == 4 and ids.count(5) == 2
+    for text in base.corpus_texts(SAMPLES, load_templates()):
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
+    odd = "  two spaces,\ttab\nnewline\r\n<region> é ß 中"  # never seen: byte-level still round-trips it
+    assert tokenizer.decode(tokenizer(odd, add_special_tokens=False).input_ids) == odd
+
+
+def test_category_names_are_a_token_per_word(tokenizer):
+    assert tokenizer.tokenize(" red circle") == ["Ġred", "Ġcircle"]  # as answers follow "ASSISTANT:"
+    clip = base.clip_text_tokenizer(tokenizer)
+    assert clip.convert_ids_to_tokens(clip("blue star").input_ids) == ["<s>", "Ġblue", "Ġstar", "</s>"]
+
+
+def test_tokenizer_is_deterministic_and_its_vocabulary_capped(tokenizer):
+    again = base.train_tokenizer(base.corpus_texts(SAMPLES, load_templates()), vocab_size=600, max_length=64)
+    assert len(tokenizer) == 600
+    assert again.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
+
+
+def test_saved_tokenizers_reload_with_their_templates(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "llm")
+    base.clip_text_tokenizer(tokenizer).save_pretrained(tmp_path / "clip")
+    llm, clip = AutoTokenizer.from_pretrained(tmp_path / "llm"), AutoTokenizer.from_pretrained(tmp_path / "clip")
+    words = tokenizer(" red circle", add_special_tokens=False).input_ids
+    assert llm(" red circle").input_ids == [2, *words]
+    assert clip("red circle").input_ids == [2, *words, 3]
+    assert len(clip("red " * 200, truncation=True).input_ids) == 77
+    assert llm.extra_special_tokens == ["<image>", "<region>"] and llm.model_max_length == 64
+
+
+def test_render_conversation_is_the_processors_vicuna_template():
+    text = base.render_conversation(sample("a.jpg", "<image>\nq1", "a1", "q2", "a2"))
+    assert text == f"{SYSTEM} USER: <image>\nq1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>"
+    with pytest.raises(ValueError, match="alternate human, gpt"):
+        base.render_conversation(sample("a.jpg", "q1", "a1", "q2"))
+
+
+# ---------------------------------------------------------------------------------------- CLIP
+
+
+def record(dataset: str, regions=(), captions=()) -> ImageRecord:
+    return ImageRecord(dataset, "train", 1, f"{dataset}/1.jpg", 100, 50, list(regions), [], list(captions))
+
+
+def test_clip_pairs_name_crops_by_category_or_phrase_and_images_by_caption():
+    splits = [
+        DatasetSplit("lvis", "train", [record("lvis", [Region([1, 2, 3, 4], category="bat_(animal)")])]),
+        DatasetSplit("coco", "train", [record("coco", [Region([1, 2, 3, 4], category="red circle"),
+                                                              Region([0, 0, 9, 9], category="person", iscrowd=True)])]),
+        DatasetSplit("vg", "train", [record("vg", [Region([5, 5, 5, 5], phrases=[" a star ", "star", ""])])]),
+        DatasetSplit("llava", "train", [record("llava", captions=[" shapes on beige "])]),
+    ]
+    assert base.clip_pairs(splits) == [
+        base.ClipPair("lvis/1.jpg", [1, 2, 3, 4], "bat (animal)"),
+        base.ClipPair("coco/1.jpg", [1, 2, 3, 4], "red circle"),
+        base.ClipPair("vg/1.jpg", [5, 5, 5, 5], "a star"),
+        base.ClipPair("vg/1.jpg", [5, 5, 5, 5], "star"),
+        base.ClipPair("llava/1.jpg", None, "shapes on beige"),
+    ]
+
+
+def test_crop_keeps_a_margin_of_context_inside_the_image():
+    image = Image.new("RGB", (100, 50))
+    assert base.crop(image, [10, 10, 20, 10]).size == (24, 14)  # 2 px (10% of 20) on every side
+    assert base.crop(image, [0, 0, 10, 10]).size == (11, 11)  # clipped at the top-left corner
+    assert base.crop(image, None) is image
+
+
+def test_contrastive_loss_is_clips_loss_when_texts_differ_and_shares_duplicates(tokenizer):
+    text_tokenizer = base.clip_text_tokenizer(tokenizer)
+    model = CLIPModel(base.clip_config(TINY_CLIP, text_tokenizer))
+    images, texts = colour_pairs(1)  # four images, four distinct texts
+    out = model(**text_tokenizer(texts, padding=True, return_tensors="pt"), return_loss=True,
+                pixel_values=to_pixel_values(images, TINY_CLIP.image_size))
+    assert torch.allclose(base.contrastive_loss(out.logits_per_image, torch.arange(4)), out.loss, atol=1e-6)
+    # two images, one text: the image side is certain (loss 0), the text side is split evenly (log 2)
+    assert base.contrastive_loss(torch.zeros(2, 1), torch.tensor([0, 0])).item() == pytest.approx(np.log(2) / 2)
+
+
+def colour_pairs(per_colour: int = 6) -> tuple[list[Image.Image], list[str]]:
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (250, 250, 250)}
+    rng = np.random.default_rng(0)
+    images, texts = [], []
+    for name, rgb in colours.items():
+        for _ in range(per_colour):
+            w, h = rng.integers(8, 24, size=2)
+            images.append(Image.new("RGB", (int(w), int(h)), rgb))
+            texts.append(f"{name} square")
+    return images, texts
+
+
+def test_clip_learns_colours_and_reloads_identically(tokenizer, tmp_path):
+    text_tokenizer = base.clip_text_tokenizer(tokenizer)
+    images, texts = colour_pairs()
+    model, figures = base.train_clip(images, texts, text_tokenizer, TINY_CLIP.model_copy(update={"epochs": 20}),
+                                     seed=0, progress=False)
+    assert figures["steps"] == 60 and figures["distinct_texts"] == 4
+    assert figures["last_epoch_loss"] < figures["first_loss"] / 2
+    names = sorted(set(texts))
+    assert base.zero_shot_accuracy(model, text_tokenizer, images, texts, names) == 1.0
+
+    model.save_pretrained(tmp_path)
+    text_tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tokenizer = CLIPModel.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    tokens = loaded_tokenizer(names, padding=True, return_tensors="pt")
+    pixels = to_pixel_values(images[:4], TINY_CLIP.image_size)
+    with torch.no_grad():
+        expected = model(**text_tokenizer(names, padding=True, return_tensors="pt"), pixel_values=pixels)
+        got = loaded(**tokens, pixel_values=pixels)
+    assert torch.equal(got.logits_per_image, expected.logits_per_image)
+
+
+def test_clip_training_is_deterministic(tokenizer):
+    text_tokenizer = base.clip_text_tokenizer(tokenizer)
+    images, texts = colour_pairs(2)
+    runs = [base.train_clip(images, texts, text_tokenizer, TINY_CLIP, seed=3, progress=False)[1] for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = base.train_clip(images, texts, text_tokenizer, TINY_CLIP, seed=4, progress=False)[1]
+    assert other["first_loss"] != runs[0]["first_loss"]
+
+
+# ----------------------------------------------------------------------------------------- LLM
+
+
+def test_pack_cuts_the_token_stream_into_blocks(tokenizer):
+    texts = [base.render_conversation(s) for s in SAMPLES]
+    stream = [i for ids in tokenizer(texts).input_ids for i in ids]
+    blocks = base.pack(texts, tokenizer, 32)
+    assert blocks.shape == (len(stream) // 32, 32)
+    assert blocks.flatten().tolist() == stream[:blocks.numel()]
+    with pytest.raises(ValueError, match="fewer than one block of 10000"):
+        base.pack(texts, tokenizer, 10_000)
+
+
+def test_llm_learns_reloads_identically_and_is_deterministic(tokenizer, tmp_path):
+    blocks = base.pack([base.render_conversation(s) for s in SAMPLES * 4], tokenizer, TINY_LLM.max_length)
+    params = TINY_LLM.model_copy(update={"epochs": 4})
+    model, figures = base.train_llm(blocks, tokenizer, params, seed=0, progress=False)
+    assert figures["last_epoch_loss"] < figures["first_loss"] / 2
+    untrained = LlamaForCausalLM(base.llm_config(params, tokenizer))
+    assert base.perplexity(model, blocks) < base.perplexity(untrained, blocks) / 4
+    assert model.config.head_dim == 64 and model.config.vocab_size == len(tokenizer)
+
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(LlamaForCausalLM.from_pretrained(tmp_path)(blocks[:2]).logits, model(blocks[:2]).logits)
+    again = base.train_llm(blocks, tokenizer, params, seed=0, progress=False)[1]
+    assert again == figures
+
+
+def test_heldout_images_are_a_seeded_share_of_whole_images():
+    samples = [sample(f"img{i}.jpg", "q", "a") for i in range(40) for _ in range(2)]
+    held = base.heldout_images(samples, 0.1, seed=0)
+    assert len(held) == 4 and held == base.heldout_images(samples[::-1], 0.1, seed=0)
+    assert held != base.heldout_images(samples, 0.1, seed=1)
+
+
+# ------------------------------------------------------------------------------ layout, hub
+
+
+def tiny_params(corpus, **base_models) -> Params:
+    raw = load_params(REPO / "params.yaml").model_dump(by_alias=True)
+    raw["data"]["root"] = corpus
+    raw["base_models"].update(clip=TINY_CLIP.model_dump(), llm=TINY_LLM.model_dump(), **base_models)
+    return Params.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(corpus, tmp_path_factory):
+    """The validate and conversations outputs the stage reads, from the small corpus."""
+    root = tmp_path_factory.mktemp("stage")
+    splits = {f"{d}_{s}": formats.read_split(corpus, d, s)
+              for d, s in [("v3det", "train"), ("v3det", "val"), ("coco", "train"), ("lvis", "train"),
+                           ("vg", "train"), ("llava", "train"), ("refcocog", "train")]}
+    for name, split in splits.items():
+        split.save(root / "validate", name)
+    as_balanced = {**splits, "v3det_pretrain": splits["v3det_train"], "v3det_finetune": splits["v3det_train"],
+                   "coco_finetune": splits["coco_train"], "lvis_finetune": splits["lvis_train"]}
+    params = load_params(REPO / "params.yaml").conversations
+    write_conversations(root / "conversations" / "pretrain.jsonl", build_pretrain(as_balanced, params, load_templates()))
+    write_conversations(root / "conversations" / "finetune.jsonl", build_finetune(as_balanced, params, load_templates()))
+    return root
+
+
+def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path):
+    out = tmp_path / "base_models"
+    manifest = base.build_base_models(tiny_params(corpus), out, validated=stage_inputs / "validate",
+                                      conversations=stage_inputs / "conversations", progress=False)
+    assert json.loads((out / "base_models.json").read_text()) == manifest
+    assert sorted(p.name for p in out.iterdir()) == ["base_models.json", "clip", "llm", "tokenizer"]
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    assert manifest["tokenizer"] == {"vocab_size": len(tokenizer), "image_token_id": 4, "region_token_id": 5,
+                                     "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
+    assert manifest["source"] == "train" and manifest["params"]["clip"] == TINY_CLIP.model_dump()
+
+    clip, clip_tokenizer = CLIPModel.from_pretrained(out / "clip"), AutoTokenizer.from_pretrained(out / "clip")
+    assert clip.config.text_config.vocab_size == len(tokenizer) and clip.config.text_config.eos_token_id == 3
+    assert clip_tokenizer("red circle").input_ids[-1] == 3
+    llm = LlamaForCausalLM.from_pretrained(out / "llm")
+    assert llm.config.vocab_size == len(tokenizer) and llm.config.max_position_embeddings == TINY_LLM.max_length
+    assert AutoTokenizer.from_pretrained(out / "llm").get_vocab() == tokenizer.get_vocab()
+
+    val = formats.read_split(corpus, "v3det", "val")
+    assert manifest["clip"]["zero_shot_classes"] == 120
+    assert manifest["clip"]["zero_shot_crops"] == sum(len(r.regions) for r in val.records)
+    assert 0 <= manifest["clip"]["zero_shot_accuracy"] <= 1
+    assert manifest["llm"]["heldout_conversations"] > 0 and manifest["llm"]["heldout_perplexity"] > 1
+
+
+def test_the_stage_refuses_to_replace_a_folder_it_did_not_write(corpus, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="no base_models.json"):
+        base.build_base_models(tiny_params(corpus), tmp_path / "out", validated=tmp_path, conversations=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def local_hub(tmp_path_factory):
+    """A stand-in for the two hub repositories: a tiny CLIP, and a tiny Llama with a Vicuna-like
+    tokenizer (<unk>, <s>, </s>, no pad, no placeholders)."""
+    hub = tmp_path_factory.mktemp("hub")
+    vision = CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=64)
+    text = CLIPTextConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=77)
+    CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+              ).save_pretrained(hub / "openai" / "clip")
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train_from_iterator(["a chat between a user and an assistant"] * 3,
+                                trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+    vicuna = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    vicuna.save_pretrained(hub / "lmsys" / "vicuna")
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(vicuna), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                 num_attention_heads=1)).save_pretrained(hub / "lmsys" / "vicuna")
+    return hub
+
+
+def test_hub_models_are_laid_out_with_the_extended_tokenizer(corpus, local_hub, tmp_path):
+    fetched = []
+
+    def snapshot(repo: str, revision: str, dest):  # the hub, served from a local folder
+        fetched.append((repo, revision))
+        shutil.copytree(local_hub / repo, dest)
+        return f"commit-of-{repo}"
+
+    params = tiny_params(corpus, source="hub", hub=HubParams(vision="openai/clip", llm="lmsys/vicuna",
+                                                             revision="v1").model_dump())
+    out = tmp_path / "base_models"
+    manifest = base.build_base_models(params, out, validated=tmp_path, conversations=tmp_path, snapshot=snapshot)
+    assert fetched == [("openai/clip", "v1"), ("lmsys/vicuna", "v1")]
+    assert manifest["hub"] == {"clip": {"repo": "openai/clip", "revision": "v1", "commit": "commit-of-openai/clip"},
+                               "llm": {"repo": "lmsys/vicuna", "revision": "v1", "commit": "commit-of-lmsys/vicuna"}}
+    vicuna = AutoTokenizer.from_pretrained(local_hub / "lmsys" / "vicuna")
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    assert tokenizer.convert_tokens_to_ids(["<image>", "<region>"]) == [len(vicuna), len(vicuna) + 1]
+    assert tokenizer("a <image> b <region>").input_ids.count(len(vicuna)) == 1
+    assert tokenizer.pad_token == "<unk>"
+    assert manifest["tokenizer"]["vocab_size"] == len(vicuna) + 2 and manifest["source"] == "hub"
+    CLIPModel.from_pretrained(out / "clip")
+    assert LlamaForCausalLM.from_pretrained(out / "llm").config.vocab_size == len(vicuna)  # resized when used
