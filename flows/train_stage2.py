@@ -7,7 +7,7 @@ into this flow's MLflow run; a killed run started again resumes from its last ch
 from prefect import flow
 
 from rgpt.config import load_params
-from rgpt.serve.pyfunc import log_model
+from rgpt.serve.pyfunc import log_model, write_model_record
 from rgpt.tracking import flow_version, log_inputs, log_outputs, stage_run, tracking_uri
 from rgpt.train import stages
 
@@ -21,7 +21,8 @@ def train_stage2() -> dict:
         env = {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": tracking_uri()}
         result = stages.run_stage(PARAMS, 2, env)
         log_outputs(result)
-        log_model(stages.MODELS / "stage2", registered_name="rgpt")
+        info = log_model(stages.MODELS / "stage2", registered_name="rgpt")
+        write_model_record(info, stages.REPORTS / "train_stage2" / "model.json", "rgpt")
     return result.metrics
 
 

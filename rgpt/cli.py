@@ -35,6 +35,32 @@ def profile(name: Optional[str] = typer.Argument(None, help=f"one of {', '.join(
     console.print(f"profile: [bold]{name}[/bold] (in {params}); run `make pipeline` to rebuild")
 
 
+@app.command(name="eval")
+def eval_(benchmark: list[str] = typer.Argument(..., help="classification | captioning | rec | pope (one or more)"),
+          model: str = typer.Option("models/stage2", help="a saved RGPT folder, or an MLflow URI such as models:/rgpt/3"),
+          out: Path = typer.Option(Path("outputs/eval"), help="results folder: <benchmark>/<part>.jsonl, metrics.json, "
+                                                                "report.md; rerunning resumes from the results there"),
+          max_questions: Optional[int] = typer.Option(None, help="ask at most this many questions per benchmark part"),
+          params: Path = typer.Option(PARAMS_FILE, help="the params file (evaluate section, data root)")) -> None:
+    """Run benchmarks on a model: batched generation with a progress bar, every prediction written
+    beside its ground truth, metrics printed and saved. The pipeline's `evaluate` stage runs all four."""
+    import json
+
+    from .eval.stages import evaluate, write_reports
+
+    settings = load_params(params)
+    if max_questions is not None:
+        evaluate_params = settings.evaluate.model_copy(update={"max_questions": max_questions})
+        settings = settings.model_copy(update={"evaluate": evaluate_params})
+    try:
+        metrics, figures = evaluate(settings, model, benchmark, out_dir=out)
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from None
+    write_reports(metrics, figures, settings, model, reports=out)
+    console.print_json(json.dumps(metrics, default=str))
+    console.print(f"results in {out}/ (report.md, metrics.json, one .jsonl of predictions per benchmark part)")
+
+
 @app.command()
 def chat(question: str = typer.Argument(..., help='e.g. "What is in <region>?" (one <region> per --box/--mask)'),
          model: Path = typer.Option(..., help="a trained RGPT folder, e.g. models/stage2"),

@@ -99,6 +99,7 @@ class ConversationsParams(_Section):
     max_regions_per_conversation: int = Field(10, ge=1)
     rec_max_proposals: int = Field(6, ge=2)
     rec_absent_ratio: float = Field(0.15, ge=0, le=1)
+    presence_questions: int = Field(2, ge=0)  # per COCO image: this many present objects, as many absent
     recapd: Path | None = None
 
 
@@ -108,16 +109,16 @@ class TokenizerParams(_Section):
 
 class ClipParams(_Section):
     image_size: int = Field(96, ge=16)
-    patch_size: int = Field(8, ge=1)
-    hidden_size: int = 192
-    num_layers: int = 4
+    patch_size: int = Field(12, ge=1)
+    hidden_size: int = 128
+    num_layers: int = 3
     num_heads: int = 4
     text_hidden_size: int = 128
     text_layers: int = 3
     projection_dim: int = 128
     epochs: int = Field(6, ge=1)
-    batch_size: int = Field(128, ge=2)
-    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=2)  # images
+    learning_rate: float = Field(2e-3, gt=0)
 
 
 class LlmParams(_Section):
@@ -179,6 +180,20 @@ class TrainParams(_Section):
     heldout_images: int = Field(100, ge=1)  # validation images for the quick held-out check
 
 
+class EvaluateParams(_Section):
+    seed: int = 0
+    model: Path = Path("models/stage2")  # a saved RGPT folder
+    benchmarks: tuple[Literal["classification", "captioning", "rec", "pope"], ...] = (
+        "classification", "captioning", "rec", "pope")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    max_questions: int | None = Field(None, ge=1)  # per benchmark part, for quick runs; None: all
+    classification_mode: Literal["multi_turn_all", "one_turn_all", "one_turn_one"] = "one_turn_one"
+    synonyms: bool = True  # also score off-vocabulary answers mapped to the nearest name (Tab. 14)
+    rec_proposals: Path | None = None  # JSON {image file: [[x, y, w, h], ...]}; None: annotated regions
+    rec_max_proposals: int = Field(10, ge=1)
+
+
 class Params(_Section):
     profile: Literal["embedded", "paper"]
     data: DataParams
@@ -190,6 +205,7 @@ class Params(_Section):
     base_models: BaseModelsParams
     model: ModelParams
     train: TrainParams
+    evaluate: EvaluateParams = EvaluateParams()
 
     def stage_params(self, stage: str) -> dict[str, Any]:
         """The sections a stage reads, as plain JSON-ready values (for logging and hashing)."""
@@ -205,9 +221,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "validate": ("data", "validate"),
     "balance": ("balance",),
     "conversations": ("data", "conversations"),
-    "base_models": ("data", "base_models"),
+    "base_models": ("data", "base_models", "model"),  # model: vision_feature_layer, which CLIP aligns
     "train_stage1": ("data", "model", "train"),
     "train_stage2": ("data", "model", "train"),
+    "evaluate": ("data", "evaluate"),
 }
 
 

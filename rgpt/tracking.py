@@ -84,6 +84,12 @@ def _prefect_flow_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
+def flatten_numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a nested metrics dict, keys joined by '.' (MLflow's metric names)."""
+    return {k.replace(" ", "_"): float(v) for k, v in _flatten("", metrics, {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -152,8 +158,7 @@ def log_outputs(result: StageResult) -> None:
     """Log a stage's numeric metrics (nested keys joined by '.') and its report files and folders."""
     import mlflow
 
-    numeric = {k.replace(" ", "_"): float(v) for k, v in _flatten("", result.metrics, {}).items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numeric = flatten_numeric(result.metrics)
     if numeric:
         mlflow.log_metrics(numeric)
     for name, path in result.artifacts.items():

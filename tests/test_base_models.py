@@ -19,7 +19,7 @@ from rgpt.data.templates import load_templates
 from rgpt.model import base
 from rgpt.model.image import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, mean_colour, pad_to_square, square_transform,
                               to_pixel_values)
-from rgpt.model.processing_rgpt import SYSTEM
+from rgpt.model.processing_rgpt import SYSTEM, region_masks
 
 from conftest import REPO
 
@@ -135,28 +135,33 @@ def record(dataset: str, regions=(), captions=()) -> ImageRecord:
     return ImageRecord(dataset, "train", 1, f"{dataset}/1.jpg", 100, 50, list(regions), [], list(captions))
 
 
-def test_clip_pairs_name_crops_by_category_or_phrase_and_images_by_caption():
-    splits = [
-        DatasetSplit("lvis", "train", [record("lvis", [Region([1, 2, 3, 4], category="bat_(animal)")])]),
-        DatasetSplit("coco", "train", [record("coco", [Region([1, 2, 3, 4], category="red circle"),
-                                                              Region([0, 0, 9, 9], category="person", iscrowd=True)])]),
-        DatasetSplit("vg", "train", [record("vg", [Region([5, 5, 5, 5], phrases=[" a star ", "star", ""])])]),
-        DatasetSplit("llava", "train", [record("llava", captions=[" shapes on beige "])]),
-    ]
-    assert base.clip_pairs(splits) == [
-        base.ClipPair("lvis/1.jpg", [1, 2, 3, 4], "bat (animal)"),
-        base.ClipPair("coco/1.jpg", [1, 2, 3, 4], "red circle"),
-        base.ClipPair("vg/1.jpg", [5, 5, 5, 5], "a star"),
-        base.ClipPair("vg/1.jpg", [5, 5, 5, 5], "star"),
-        base.ClipPair("llava/1.jpg", None, "shapes on beige"),
-    ]
+def test_region_texts_name_regions_by_category_or_phrases_and_skip_crowds():
+    lvis = record("lvis", [Region([1, 2, 3, 4], category="bat_(animal)")])
+    coco = record("coco", [Region([1, 2, 3, 4], category="red circle"),
+                           Region([0, 0, 9, 9], category="person", iscrowd=True)])
+    vg = record("vg", [Region([5, 5, 5, 5], phrases=[" a star ", "star", ""]), Region([1, 1, 2, 2], phrases=[" "])])
+    assert [texts for _, texts in base.region_texts(lvis)] == [["bat (animal)"]]
+    assert [(r.box, texts) for r, texts in base.region_texts(coco)] == [([1, 2, 3, 4], ["red circle"])]
+    assert [texts for _, texts in base.region_texts(vg)] == [["a star", "star"]]
 
 
-def test_crop_keeps_a_margin_of_context_inside_the_image():
-    image = Image.new("RGB", (100, 50))
-    assert base.crop(image, [10, 10, 20, 10]).size == (24, 14)  # 2 px (10% of 20) on every side
-    assert base.crop(image, [0, 0, 10, 10]).size == (11, 11)  # clipped at the top-left corner
-    assert base.crop(image, None) is image
+def test_region_images_hold_every_named_region_on_the_square_canvas(corpus):
+    split = formats.read_split(corpus, "coco", "val")
+    examples = base.region_images([split], corpus, size=32)
+    named = [r for r in split.records if base.region_texts(r)]
+    assert len(examples) == len(named)
+    first, record = examples[0], named[0]
+    assert first.masks.shape == (len(base.region_texts(record)), 32, 32) and first.image.size == (record.width,
+                                                                                                   record.height)
+    assert first.masks.amax(dim=(1, 2)).gt(0).all()  # every region is somewhere on the canvas
+
+
+def test_category_names_are_the_distinct_names_of_categorised_regions():
+    splits = [DatasetSplit("lvis", "train", [record("lvis", [Region([1, 2, 3, 4], category="red_circle")])]),
+              DatasetSplit("coco", "train", [record("coco", [Region([1, 2, 3, 4], category="red circle"),
+                                                             Region([1, 2, 3, 4], category="blue star")])]),
+              DatasetSplit("vg", "train", [record("vg", [Region([5, 5, 5, 5], phrases=["a star"])])])]
+    assert base.category_names(splits) == ["blue star", "red circle"]
 
 
 def test_contrastive_loss_is_clips_loss_when_texts_differ_and_shares_duplicates(tokenizer):
@@ -168,13 +173,17 @@ def test_contrastive_loss_is_clips_loss_when_texts_differ_and_shares_duplicates(
     assert torch.allclose(base.contrastive_loss(out.logits_per_image, torch.arange(4)), out.loss, atol=1e-6)
     # two images, one text: the image side is certain (loss 0), the text side is split evenly (log 2)
     assert base.contrastive_loss(torch.zeros(2, 1), torch.tensor([0, 0])).item() == pytest.approx(np.log(2) / 2)
+    # one image, two texts: the unmatched text is a negative for the image (log 2), no target itself
+    assert base.contrastive_loss(torch.zeros(1, 2), torch.tensor([0])).item() == pytest.approx(np.log(2) / 2)
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (250, 250, 250)}
 
 
 def colour_pairs(per_colour: int = 6) -> tuple[list[Image.Image], list[str]]:
-    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (250, 250, 250)}
     rng = np.random.default_rng(0)
     images, texts = [], []
-    for name, rgb in colours.items():
+    for name, rgb in COLOURS.items():
         for _ in range(per_colour):
             w, h = rng.integers(8, 24, size=2)
             images.append(Image.new("RGB", (int(w), int(h)), rgb))
@@ -182,33 +191,44 @@ def colour_pairs(per_colour: int = 6) -> tuple[list[Image.Image], list[str]]:
     return images, texts
 
 
-def test_clip_learns_colours_and_reloads_identically(tokenizer, tmp_path):
+def two_colour_images(count: int) -> list[base.RegionImage]:
+    """Images whose left and right halves have two different colours: two regions each, named by colour."""
+    names, examples = list(COLOURS), []
+    for k in range(count):
+        left, right = names[k % 4], names[(k + 1 + k // 4) % 4]
+        if left == right:
+            right = names[(k + 2) % 4]
+        image = Image.new("RGB", (32, 32), COLOURS[left])
+        ImageDraw.Draw(image).rectangle([16, 0, 31, 31], fill=COLOURS[right])
+        masks = region_masks([{"box": [0, 0, 16, 32]}, {"box": [16, 0, 16, 32]}], 32, 32, TINY_CLIP.image_size)
+        examples.append(base.RegionImage(image, masks, [[f"{left} square"], [f"{right} square"]]))
+    return examples
+
+
+def test_clip_learns_the_colours_of_regions_and_reloads_identically(tokenizer, tmp_path):
     text_tokenizer = base.clip_text_tokenizer(tokenizer)
-    images, texts = colour_pairs()
-    model, figures = base.train_clip(images, texts, text_tokenizer, TINY_CLIP.model_copy(update={"epochs": 20}),
+    examples = two_colour_images(24)
+    model, figures = base.train_clip(examples, text_tokenizer, TINY_CLIP.model_copy(update={"epochs": 25}),
                                      seed=0, progress=False)
-    assert figures["steps"] == 60 and figures["distinct_texts"] == 4
-    assert figures["last_epoch_loss"] < figures["first_loss"] / 2
-    names = sorted(set(texts))
-    assert base.zero_shot_accuracy(model, text_tokenizer, images, texts, names) == 1.0
+    assert figures["steps"] == 75 and figures["images"] == 24 and figures["regions"] == 48
+    assert figures["distinct_texts"] == 4 and figures["last_epoch_loss"] < figures["first_loss"] / 2
+    names = sorted(f"{c} square" for c in COLOURS)
+    assert base.zero_shot_accuracy(model, text_tokenizer, examples, names) == 1.0
 
     model.save_pretrained(tmp_path)
     text_tokenizer.save_pretrained(tmp_path)
     loaded, loaded_tokenizer = CLIPModel.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
-    tokens = loaded_tokenizer(names, padding=True, return_tensors="pt")
-    pixels = to_pixel_values(images[:4], TINY_CLIP.image_size)
+    assert base.zero_shot_accuracy(loaded, loaded_tokenizer, examples, names) == 1.0
     with torch.no_grad():
-        expected = model(**text_tokenizer(names, padding=True, return_tensors="pt"), pixel_values=pixels)
-        got = loaded(**tokens, pixel_values=pixels)
-    assert torch.equal(got.logits_per_image, expected.logits_per_image)
+        assert torch.equal(base.region_features(loaded, examples[:3], -1), base.region_features(model, examples[:3], -1))
 
 
 def test_clip_training_is_deterministic(tokenizer):
     text_tokenizer = base.clip_text_tokenizer(tokenizer)
-    images, texts = colour_pairs(2)
-    runs = [base.train_clip(images, texts, text_tokenizer, TINY_CLIP, seed=3, progress=False)[1] for _ in range(2)]
+    examples = two_colour_images(8)
+    runs = [base.train_clip(examples, text_tokenizer, TINY_CLIP, seed=3, progress=False)[1] for _ in range(2)]
     assert runs[0] == runs[1]
-    other = base.train_clip(images, texts, text_tokenizer, TINY_CLIP, seed=4, progress=False)[1]
+    other = base.train_clip(examples, text_tokenizer, TINY_CLIP, seed=4, progress=False)[1]
     assert other["first_loss"] != runs[0]["first_loss"]
 
 
@@ -251,10 +271,13 @@ def test_heldout_images_are_a_seeded_share_of_whole_images():
 # ------------------------------------------------------------------------------ layout, hub
 
 
+STAGE_CLIP = TINY_CLIP.model_copy(update={"batch_size": 64})  # a couple of hundred images: a few steps
+
+
 def tiny_params(corpus, **base_models) -> Params:
     raw = load_params(REPO / "params.yaml").model_dump(by_alias=True)
     raw["data"]["root"] = corpus
-    raw["base_models"].update(clip=TINY_CLIP.model_dump(), llm=TINY_LLM.model_dump(), **base_models)
+    raw["base_models"].update(clip=STAGE_CLIP.model_dump(), llm=TINY_LLM.model_dump(), **base_models)
     return Params.model_validate(raw)
 
 
@@ -284,7 +307,7 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     assert manifest["tokenizer"] == {"vocab_size": len(tokenizer), "image_token_id": 4, "region_token_id": 5,
                                      "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
-    assert manifest["source"] == "train" and manifest["params"]["clip"] == TINY_CLIP.model_dump()
+    assert manifest["source"] == "train" and manifest["params"]["clip"] == STAGE_CLIP.model_dump()
 
     clip, clip_tokenizer = CLIPModel.from_pretrained(out / "clip"), AutoTokenizer.from_pretrained(out / "clip")
     assert clip.config.text_config.vocab_size == len(tokenizer) and clip.config.text_config.eos_token_id == 3
@@ -295,7 +318,7 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
 
     val = formats.read_split(corpus, "v3det", "val")
     assert manifest["clip"]["zero_shot_classes"] == 120
-    assert manifest["clip"]["zero_shot_crops"] == sum(len(r.regions) for r in val.records)
+    assert manifest["clip"]["zero_shot_regions"] == sum(len(r.regions) for r in val.records)
     assert 0 <= manifest["clip"]["zero_shot_accuracy"] <= 1
     assert manifest["llm"]["heldout_conversations"] > 0 and manifest["llm"]["heldout_perplexity"] > 1
 

@@ -48,7 +48,8 @@ def splits() -> dict[str, DatasetSplit]:
     return {
         "v3det_pretrain": DatasetSplit("v3det", "pretrain", v3det),
         "v3det_finetune": DatasetSplit("v3det", "finetune", v3det[:1]),
-        "coco_finetune": DatasetSplit("coco", "finetune", coco),
+        "coco_finetune": DatasetSplit("coco", "finetune", coco,
+                                      {1: "person", 10: "traffic light", 38: "kite", 3: "car", 28: "umbrella"}),
         "lvis_finetune": DatasetSplit("lvis", "finetune", lvis),
         "vg_train": DatasetSplit("vg", "train", vg),
         "refcocog_train": DatasetSplit("refcocog", "train", refcocog),
@@ -119,7 +120,7 @@ def test_pretrain_and_finetune_tasks(pretrain, finetune):
     tasks = lambda samples: {s["dataset"]: sorted(set(s["tasks"])) for s in samples}  # noqa: E731
     assert tasks(pretrain) == {"v3det": ["classification"], "vg": ["brief_caption", "relationship"],
                                "refcocog": ["brief_caption", "rec"], "llava": ["image_caption"]}
-    assert tasks(finetune) == {"v3det": ["classification"], "coco": ["classification"],
+    assert tasks(finetune) == {"v3det": ["classification"], "coco": ["classification", "presence"],
                                "lvis": ["classification"], "vg": ["brief_caption", "relationship"],
                                "refcocog": ["brief_caption", "rec"]}
 
@@ -142,6 +143,8 @@ def test_questions_come_from_their_table(pretrain, finetune):
             if task == "image_caption":
                 assert question == "Render a clear and concise summary of the photo."
                 continue
+            if task == "presence":  # POPE's wording: test_presence_asks_about_present_and_absent_objects...
+                continue
             coco = COCO_PROMPT if sample["dataset"] == "coco" else ""
             suffix = {"classification": coco, "rec": REC_PROMPT}.get(task, "")
             assert matching_template(question, tables[task], suffix), (task, question)
@@ -149,7 +152,7 @@ def test_questions_come_from_their_table(pretrain, finetune):
 
 def test_coco_prompt_only_on_coco_classification(finetune):
     with_prompt = {(s["dataset"], task) for s in finetune for task, q, _, _ in turns(s) if q.endswith(COCO_PROMPT)}
-    coco_questions = [q for s in finetune if s["dataset"] == "coco" for _, q, _, _ in turns(s)]
+    coco_questions = [q for s in finetune if s["dataset"] == "coco" for t, q, _, _ in turns(s) if t == "classification"]
     assert with_prompt == {("coco", "classification")}
     assert len(coco_questions) == 3 and all(q.endswith(COCO_PROMPT) for q in coco_questions)
 
@@ -169,6 +172,19 @@ def test_llava_keeps_its_instruction_and_caption(pretrain):
         {"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."},
         {"from": "gpt", "value": "select luxury furniture"}]
     assert llava["regions"] == [] and llava["tasks"] == ["image_caption"]
+
+
+def test_presence_asks_about_present_and_absent_objects_as_pope_words_it(finetune):
+    asked = all_turns(finetune, "presence")
+    suffix = "\nAnswer the question using a single word or phrase."
+    assert len(asked) == 4 and all(q.endswith(suffix) and boxes == [] for _, q, _, boxes in asked)
+    names = {re.fullmatch(r"Is there an? (.+) in the image\?", q.removesuffix(suffix)).group(1): a
+             for _, q, a, _ in asked}
+    present = {"person", "traffic light", "kite"}
+    assert sorted(a for a in names.values()) == ["No", "No", "Yes", "Yes"]
+    assert all((a == "Yes") == (n in present) for n, a in names.items())
+    assert {n for n, a in names.items() if a == "No"} == {"car", "umbrella"}  # the split's other categories
+    assert any(q.startswith("Is there an umbrella") for _, q, _, _ in asked)  # POPE's article
 
 
 def test_rec_answer_points_at_the_described_region():
@@ -256,7 +272,7 @@ def test_mixed_tasks_are_packed_without_splitting_a_turn():
 def test_deterministic_per_seed_and_per_image(finetune):
     assert build_finetune(splits(), params(), T) == finetune
     assert build_finetune(splits(), params(seed=1), T) != finetune
-    only_coco = build(splits(), {"coco_finetune": ("classification",)}, params(), T)
+    only_coco = build(splits(), {"coco_finetune": ("classification", "presence")}, params(), T)
     assert only_coco == [s for s in finetune if s["dataset"] == "coco"]
 
 

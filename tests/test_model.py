@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-from transformers import AutoModelForImageTextToText, CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForImageTextToText
 
 import rgpt.model  # noqa: F401  (registers the Auto classes)
 from rgpt.model import regions
@@ -14,37 +13,7 @@ from rgpt.model.modeling_rgpt import RGPTForConditionalGeneration
 from rgpt.model.processing_rgpt import IGNORE_INDEX, ProcessorConfig, RGPTProcessor, question_text
 from rgpt.train.stages import freeze_for_stage
 
-TEXT = ["A chat between a curious user and an artificial intelligence assistant.",
-        "USER: What is in <region>? ASSISTANT: a red circle", "<image>\nthe blue square is left of the star",
-        "Region [1]. No corresponding options found. yellow green purple"] * 20
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<region>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", extra_special_tokens=["<image>", "<region>"])
-
-
-def tiny_config(tokenizer, **kwargs) -> RGPTConfig:
-    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
-                              num_hidden_layers=2, num_attention_heads=2)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return RGPTConfig(vision, text, image_tokens=[2, 2], image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                      region_token_id=tokenizer.convert_tokens_to_ids("<region>"), **kwargs)
-
-
-@pytest.fixture(scope="module")
-def processor(tokenizer) -> RGPTProcessor:
-    return RGPTProcessor(tokenizer, ProcessorConfig(image_size=32, num_image_tokens=4, max_length=512))
-
+from conftest import tiny_config
 
 def batch(processor, n_regions=(1, 2)):
     """Two examples: an image with one region, an image with two, each a known conversation."""

@@ -20,6 +20,7 @@ from rgpt.data.conversations import read_conversations
 from rgpt.data.formats import SPLITS
 from rgpt.data.records import DatasetSplit, read_jsonl
 from rgpt.data.validate import DataContractError, check_gate
+from rgpt.eval import stages as eval_stages
 from rgpt.train import stages as train_stages
 
 from conftest import REPO, small_synthetic_params
@@ -34,6 +35,7 @@ TINY_TRAINING = {
     "model": {"image_tokens": [2, 2], "max_length": 256},
     "train": {"micro_batch_size": 2, "checkpoint_every": 2, "heldout_images": 3,
               "stage1": {"global_batch_size": 8, "epochs": 0.15}, "stage2": {"global_batch_size": 8, "epochs": 0.15}},
+    "evaluate": {"max_questions": 4, "max_new_tokens": 4},
 }
 SMALL = {"images": {"v3det_train": 60, "v3det_val": 12, "vg": 40, "coco_train2017": 60, "coco_val2017": 40,
                     "llava": 12},
@@ -48,7 +50,8 @@ def test_dvc_yaml_matches_the_stage_code():
                      "conversations": {str(stages.CONVERSATIONS), str(stages.CONVERSATION_QUARANTINE)},
                      "base_models": {str(train_stages.BASE_MODELS)},
                      "train_stage1": {str(train_stages.MODELS / "stage1")},
-                     "train_stage2": {str(train_stages.MODELS / "stage2")}}
+                     "train_stage2": {str(train_stages.MODELS / "stage2")},
+                     "evaluate": {str(eval_stages.OUTPUTS)}}
     for name, stage in dvc.items():
         assert stage["cmd"] == f"python flows/{name}.py" and (REPO / "flows" / f"{name}.py").exists()
         assert {o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]} >= expected_outs[name]
@@ -118,7 +121,7 @@ def test_data_stages_in_order(workdir):
             assert s["conversations"][0]["value"].startswith("<image>\n")
     assert all(r.bad["samples"] == 0 for r in m["conversation_reports"])
     finetune_tasks = m["conversations"]["finetune"]["tasks"]
-    assert set(finetune_tasks) == {"classification", "brief_caption", "relationship", "rec"}
+    assert set(finetune_tasks) == {"classification", "brief_caption", "relationship", "rec", "presence"}
     assert "image_caption" in m["conversations"]["pretrain"]["tasks"]
 
 
@@ -202,12 +205,25 @@ def test_make_data_and_dvc_repro_run_the_flows(tmp_path):
         steps = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'loss'").fetchone()[0]
     by_stage = {t["rgpt.stage"]: t for t in tags.values() if "rgpt.stage" in t}
     assert set(by_stage) == {"download", "validate", "balance", "conversations", "base_models", "train_stage1",
-                             "train_stage2"}
+                             "train_stage2", "evaluate"}
     for stage in set(by_stage) - {"download"}:
         t = by_stage[stage]
         assert t["rgpt.data_md5"] == md5 and t["prefect.flow_run_id"] and len(t["rgpt.params_hash"]) == 12
     assert versions == [("rgpt", 1)]  # stage 2's model, registered
+    # the benchmark figures, on the model's own run and on its registered version
+    record = json.loads((repo / "reports/train_stage2/model.json").read_text())
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        on_run = dict(db.execute("SELECT key, value FROM metrics WHERE run_uuid = ?", (record["run_id"],)).fetchall())
+        on_version = dict(db.execute("SELECT key, value FROM model_version_tags WHERE version = 1").fetchall())
+    figures = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    assert on_run["eval.pope.random.accuracy"] == pytest.approx(figures["pope"]["random"]["accuracy"])
+    assert float(on_version["eval.classification.map"]) == pytest.approx(figures["classification"]["map"], rel=1e-5)
+    assert (repo / "reports/evaluate/report.md").read_text().startswith("# RGPT evaluation (embedded profile)")
     assert steps > 2  # per-step losses of both stages
+
+    # one benchmark on its own, on the registered model
+    out = run("rgpt", "eval", "rec", "--model", "models:/rgpt/1", "--max-questions", "2", "--out", "eval_rec")
+    assert '"refcocog_test"' in out and len((repo / "eval_rec/rec/refcocog_val.jsonl").read_text().splitlines()) == 2
 
     # the trained model answers from the command line
     image = next((repo / "data/coco/val2017").glob("*.jpg"))

@@ -25,15 +25,17 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from rgpt.config import ConversationsParams
 from rgpt.data.records import DatasetSplit, ImageRecord, Region, read_jsonl, write_jsonl
+from rgpt.data.pope import question_text as pope_question
 from rgpt.data.templates import DESCRIPTION, IMAGE, REGION, Templates
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classification", "detailed_description", "brief_caption", "relationship", "rec", "image_caption")
+TASKS = ("classification", "detailed_description", "brief_caption", "relationship", "rec", "image_caption",
+         "presence")
 
 # The tasks built from each input split, in the order their turns appear in a conversation.
 PRETRAIN_TASKS: dict[str, tuple[str, ...]] = {  # Table 9, plus LLaVA's image captions
@@ -44,7 +46,7 @@ PRETRAIN_TASKS: dict[str, tuple[str, ...]] = {  # Table 9, plus LLaVA's image ca
 }
 FINETUNE_TASKS: dict[str, tuple[str, ...]] = {  # Table 10; V3Det's captions are RecapD's
     "v3det_finetune": ("classification", "detailed_description"),
-    "coco_finetune": ("classification",),
+    "coco_finetune": ("classification", "presence"),  # presence: LLaVA-1.5's short-answer VQA turns
     "lvis_finetune": ("classification",),
     "vg_train": ("brief_caption", "relationship"),
     "refcocog_train": ("brief_caption", "rec"),
@@ -158,6 +160,24 @@ def rec_turns(record: ImageRecord, templates: Templates, rng: random.Random, max
     return turns
 
 
+def presence_turns(record: ImageRecord, templates: Templates, rng: random.Random, vocabulary: Sequence[str],
+                   count: int) -> list[Turn]:
+    """Image-level yes/no questions about objects, `count` present ("Yes") and as many absent ("No").
+
+    RGPT's instruction tuning builds on LLaVA-1.5's, whose image-level data asks such short-answer
+    questions (RGPT's 953K instruction samples, Table 3, are more than Table 10's region data);
+    this is their twin on the corpus, worded as POPE words its questions, so that the model can
+    answer object-presence questions at all. Absent objects are drawn from `vocabulary`.
+    """
+    present = list(dict.fromkeys(category_answer(r, record) for r in record.regions if not r.iscrowd))
+    absent = sorted(set(vocabulary) - set(present))
+    chosen = rng.sample(present, min(count, len(present)))
+    asked = [(name, "Yes") for name in chosen] + [(name, "No") for name in rng.sample(absent, min(len(chosen), len(absent)))]
+    rng.shuffle(asked)
+    return [Turn("presence", f"{pope_question(name)}\n{templates.prompts.short_answer}", answer, [])
+            for name, answer in asked]
+
+
 def image_caption_turn(record: ImageRecord) -> Turn:
     """A LAION-CC-SBU-558K pair, kept as it is: its own instruction and its caption.
 
@@ -190,8 +210,8 @@ def image_rng(seed: int, record: ImageRecord) -> random.Random:
 
 
 def image_samples(record: ImageRecord, tasks: Iterable[str], params: ConversationsParams,
-                  templates: Templates, recapd: RecapdIndex) -> list[dict[str, Any]]:
-    """The conversations of one image for the given tasks."""
+                  templates: Templates, recapd: RecapdIndex, vocabulary: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The conversations of one image for the given tasks; `vocabulary`: its split's category names."""
     rng = image_rng(params.seed, record)
     limit = params.max_regions_per_conversation
     shared: list[Turn] = []  # packed into multi-turn conversations
@@ -213,6 +233,8 @@ def image_samples(record: ImageRecord, tasks: Iterable[str], params: Conversatio
             shared += rec_turns(record, templates, rng, proposals, params.rec_absent_ratio)
         elif task == "image_caption":
             shared.append(image_caption_turn(record))
+        elif task == "presence":
+            shared += presence_turns(record, templates, rng, vocabulary, params.presence_questions)
         else:
             raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
     groups = pack_turns(shared, limit) + [[turn] for turn in alone]
@@ -266,7 +288,8 @@ def build(splits: dict[str, DatasetSplit], tasks: dict[str, tuple[str, ...]], pa
                          "run the stages that write them first")
     captions = recapd_index(recapd or [])
     samples = [sample for name, split_tasks in tasks.items() for record in splits[name].records
-               for sample in image_samples(record, split_tasks, params, templates, captions)]
+               for sample in image_samples(record, split_tasks, params, templates, captions,
+                                           sorted(splits[name].categories.values()))]
     seen: set[str] = set()
     for sample in samples:
         if sample["id"] in seen:

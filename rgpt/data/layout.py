@@ -6,6 +6,8 @@ readers read from them, so the two profiles share one layout (shared/reference/d
 
 from __future__ import annotations
 
+SYNTHETIC_MANIFEST = "SYNTHETIC.json"  # at the root of a corpus the synthetic generator wrote
+
 # V3Det: file_name inside the JSON already starts with "images/", so the image root is V3Det/.
 V3DET_ROOT = "v3det/V3Det"
 V3DET_ANNOTATIONS = {

@@ -17,12 +17,12 @@ from ..reports import pyplot, write_csv, write_json
 from ..tracking import StageResult
 from . import balance, conversations, formats, validate
 from .download import fetch_all
+from .layout import SYNTHETIC_MANIFEST
 from .records import DatasetSplit, write_jsonl
 from .templates import load_templates
 
 OUTPUTS = Path("outputs")
 REPORTS = Path("reports")
-SYNTHETIC_MANIFEST = "SYNTHETIC.json"  # marks a data root the synthetic generator wrote
 
 
 # ------------------------------------------------------------------------------------ download

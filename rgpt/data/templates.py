@@ -36,6 +36,7 @@ class TaskPrompts:
     rec: str  # appended to REC questions
     rec_answer: str  # the REC answer; format with index=<1-based proposal index>
     rec_absent: str  # the REC answer when the described object is not among the proposals
+    short_answer: str  # appended to image-level yes/no questions (presence, POPE)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@
     <out>/base_models.json  the manifest: source, params and quality figures (or the hub commits)
 
 `source: train` (embedded profile) trains all three here, seeded, on the corpus: a byte-level BPE
-on the conversation text, a small CLIP contrastively on region crops and their names, phrases
-and captions, and a small Llama on the conversations rendered in RGPT's chat template.
+on the conversation text, a small CLIP contrastively on the regions of whole images (mask-pooled
+patch features, as RGPT pools them) and their names or phrases, and a small Llama on the conversations rendered in RGPT's chat template.
 `source: hub` (paper profile) downloads the paper's CLIP ViT-L/14-336 and Vicuna-7B v1.5 and
 extends Vicuna's tokenizer with the two placeholders; its LLM still has the old vocabulary size,
 so `RGPTForConditionalGeneration.from_base_models` resizes its embeddings to `len(tokenizer)`.
@@ -38,10 +38,11 @@ from transformers import (AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, 
 
 from ..config import BaseModelsParams, ClipParams, HubParams, LlmParams, Params
 from ..data.conversations import category_answer, read_conversations
-from ..data.records import Box, DatasetSplit
+from ..data.records import DatasetSplit, ImageRecord, Region
 from ..data.templates import IMAGE, REGION, TEMPLATE_FILES, Templates, load_templates
-from .image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, to_pixel_values
-from .processing_rgpt import question_text
+from . import regions
+from .image import to_pixel_values
+from .processing_rgpt import question_text, region_masks
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, IMAGE, REGION)
 CLIP_TEXT_LENGTH = 77  # CLIP's context length
 
-CLIP_TRAIN_SPLITS = ("v3det_train", "coco_train", "lvis_train", "vg_train", "llava_train")
-ZERO_SHOT_SPLIT = "v3det_val"  # held-out crops, classified among all of V3Det's category names
+CLIP_TRAIN_SPLITS = ("v3det_train", "coco_train", "lvis_train", "vg_train")
+ZERO_SHOT_SPLIT = "v3det_val"  # held-out regions, classified among all of V3Det's category names
 CONVERSATION_FILES = ("pretrain.jsonl", "finetune.jsonl")
 HELDOUT_FRACTION = 0.05  # of the conversations' images, whose conversations the LLM never trains on
 
@@ -63,7 +64,6 @@ HELDOUT_FRACTION = 0.05  # of the conversations' images, whose conversations the
 WEIGHT_DECAY = 0.1  # on matrices only; biases, norms and embeddings' scales decay to nothing otherwise
 WARMUP_RATIO = 0.05
 GRAD_CLIP = 1.0
-CROP_CONTEXT = 0.1  # a region crop keeps this share of the box's longer side around it, on every side
 
 
 def seed_everything(seed: int) -> None:
@@ -146,54 +146,49 @@ def tokenizer_summary(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------- CLIP
 
 
-@dataclass(frozen=True)
-class ClipPair:
-    """An image (or a region of it) and a text that describes it."""
+@dataclass
+class RegionImage:
+    """An image and its regions, each with the texts that name it: CLIP's training examples."""
 
-    file_name: str  # relative to the data root
-    box: Box | None  # [x, y, w, h] of the region; None: the whole image
-    text: str
+    image: Image.Image
+    masks: torch.Tensor  # (R, S, S): each region on the tower's square input canvas (`region_masks`)
+    texts: list[list[str]]  # per region: its category name, or its phrases
 
 
-def clip_pairs(splits: Iterable[DatasetSplit]) -> list[ClipPair]:
-    """Region crops with their category name (LVIS's underscores as spaces) or each of their phrases,
-    and whole images with each caption. Crowd regions are skipped: their box holds several objects."""
-    pairs = []
+def region_texts(record: ImageRecord) -> list[tuple[Region, list[str]]]:
+    """The record's regions with the texts that name them: the category name (LVIS's underscores as
+    spaces) or the non-empty phrases. Crowd regions are skipped: their box holds several objects."""
+    out = []
+    for region in record.regions:
+        if not region.iscrowd:
+            texts = [category_answer(region, record)] if region.category else [p.strip() for p in region.phrases]
+            if texts := [t for t in texts if t]:
+                out.append((region, texts))
+    return out
+
+
+def region_images(splits: Iterable[DatasetSplit], data_root: Path, size: int) -> list[RegionImage]:
+    """Every image of the splits that has a named region, with its regions' masks at `size`."""
+    examples = []
     for split in splits:
         for record in split.records:
-            pairs += [ClipPair(record.file_name, None, caption.strip()) for caption in record.captions]
-            for region in record.regions:
-                if region.iscrowd:
-                    continue
-                texts = [category_answer(region, record)] if region.category else region.phrases
-                pairs += [ClipPair(record.file_name, region.box, text.strip()) for text in texts if text.strip()]
-    return pairs
-
-
-def crop(image: Image.Image, box: Box | None) -> Image.Image:
-    """The region with `CROP_CONTEXT` of context around it (clipped to the image); the image if no box."""
-    if box is None:
-        return image
-    x, y, w, h = box
-    margin = CROP_CONTEXT * max(w, h)
-    left, top = max(0, round(x - margin)), max(0, round(y - margin))
-    right, bottom = min(image.width, round(x + w + margin)), min(image.height, round(y + h + margin))
-    return image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
-
-
-def load_crops(pairs: Sequence[ClipPair], data_root: Path) -> list[Image.Image]:
-    """The image of every pair, cropped to its region; each file is read once."""
-    images: dict[str, Image.Image] = {}
-    crops = []
-    for pair in pairs:
-        if pair.file_name not in images:
-            path = data_root / pair.file_name
+            named = region_texts(record)
+            if not named:
+                continue
+            path = data_root / record.file_name
             if not path.exists():
                 raise FileNotFoundError(f"{path} not found: the validated splits name images under "
                                         f"{data_root}; is data.root right and the corpus written?")
-            images[pair.file_name] = Image.open(path).convert("RGB")
-        crops.append(crop(images[pair.file_name], pair.box))
-    return crops
+            masks = region_masks([{"box": r.box, "segmentation": r.segmentation} for r, _ in named],
+                                 record.width, record.height, size)
+            examples.append(RegionImage(Image.open(path).convert("RGB"), masks, [texts for _, texts in named]))
+    return examples
+
+
+def category_names(splits: Iterable[DatasetSplit]) -> list[str]:
+    """The distinct category names of the splits' regions, as `region_texts` writes them."""
+    return sorted({category_answer(region, record) for split in splits for record in split.records
+                   for region in record.regions if region.category})
 
 
 def clip_config(params: ClipParams, tokenizer: PreTrainedTokenizerBase) -> CLIPConfig:
@@ -225,41 +220,67 @@ def contrastive_loss(logits_per_image: torch.Tensor, text_index: torch.Tensor) -
     return (image_loss + text_loss) / 2
 
 
-def clip_batch(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, images: Sequence[Image.Image],
-               texts: Sequence[str], negatives: Sequence[str] = ()) -> torch.Tensor:
-    """The contrastive loss of one batch of (image, text) pairs, `negatives` added to its texts."""
+def region_features(model: CLIPModel, examples: Sequence[RegionImage], layer: int) -> torch.Tensor:
+    """(R, P): every region's embedding in CLIP's joint space, the way RGPT sees a region: the mean
+    of the tower's patch features (hidden layer `layer`) inside its mask, then CLIP's final norm
+    and projection."""
+    config = model.config.vision_config
+    grid = config.image_size // config.patch_size
+    pixel_values = to_pixel_values([e.image for e in examples], config.image_size)
+    hidden = model.vision_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+    patches = hidden[:, 1:].transpose(1, 2).reshape(len(examples), config.hidden_size, grid, grid)
+    image_index = torch.cat([torch.full((len(e.masks),), i) for i, e in enumerate(examples)])
+    weights = regions.resize(torch.cat([e.masks for e in examples]), grid)
+    pooled = regions.mask_pool(patches, weights, image_index)
+    return model.visual_projection(model.vision_model.post_layernorm(pooled))
+
+
+def text_features(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> torch.Tensor:
+    tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+    out = model.get_text_features(**tokens)
+    return getattr(out, "pooler_output", out)
+
+
+def clip_batch(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[RegionImage],
+               texts: Sequence[str], layer: int, negatives: Sequence[str] = ()) -> torch.Tensor:
+    """The contrastive loss of one batch: each region (in order) against its text, `negatives`
+    added to the batch's texts."""
     distinct = sorted(set(texts) | set(negatives))
     column = {text: i for i, text in enumerate(distinct)}
-    tokens = tokenizer(distinct, padding=True, truncation=True, return_tensors="pt")
-    pixel_values = to_pixel_values(list(images), model.config.vision_config.image_size)
-    out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixel_values)
-    return contrastive_loss(out.logits_per_image, torch.tensor([column[text] for text in texts]))
+    image = F.normalize(region_features(model, examples, layer), dim=-1)
+    text = F.normalize(text_features(model, tokenizer, distinct), dim=-1)
+    logits = model.logit_scale.exp() * image @ text.T
+    return contrastive_loss(logits, torch.tensor([column[t] for t in texts]))
 
 
-def train_clip(images: Sequence[Image.Image], texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
-               params: ClipParams, seed: int, *, negatives: Sequence[str] = (),
+def train_clip(examples: Sequence[RegionImage], tokenizer: PreTrainedTokenizerBase, params: ClipParams, seed: int,
+               *, layer: int = -1, negatives: Sequence[str] = (),
                progress: bool = True) -> tuple[CLIPModel, dict[str, Any]]:
-    """A CLIP trained from scratch on (image, text) pairs; returns it and its training figures.
+    """A CLIP trained from scratch on whole images, region by region; returns it and its figures.
 
-    `tokenizer` is the CLIP text tokenizer (`clip_text_tokenizer`). Images are preprocessed as RGPT
-    preprocesses its inputs (`to_pixel_values`), with OpenAI's statistics. `negatives` join every
-    batch's texts: the category names, so that each crop is told apart from every other category,
-    not only from the few in its batch, which mostly differ in colour alone and teach no shape.
+    RGPT pools each region's feature from the tower's patch map of the whole image, and its tower
+    is frozen: so this CLIP is trained the same way (RegionCLIP-style), each region's mask-pooled
+    feature at hidden layer `layer` against the text that names it. Trained on crops instead, a
+    small tower learns nothing about objects a couple of patches wide, which is what the regions
+    of whole images are. `tokenizer` is the CLIP text tokenizer (`clip_text_tokenizer`); each step
+    draws one of a region's texts. `negatives` join every batch's texts: the category names, so
+    that each region is told apart from every category, not only from the few in its batch.
     """
-    if len(images) != len(texts) or len(images) < 2:
-        raise ValueError(f"CLIP needs at least 2 (image, text) pairs of equal counts, got {len(images)} "
-                         f"images and {len(texts)} texts")
+    if len(examples) < 2:
+        raise ValueError(f"CLIP needs at least 2 images with named regions, got {len(examples)}")
     seed_everything(seed)
     model = CLIPModel(clip_config(params, tokenizer))
-    batches_per_epoch = math.ceil(len(images) / params.batch_size)
+    batches_per_epoch = math.ceil(len(examples) / params.batch_size)
     optimizer, scheduler = _optimizer(model, params.learning_rate, params.epochs * batches_per_epoch)
-    order = torch.Generator().manual_seed(seed)
+    order, draw = torch.Generator().manual_seed(seed), random.Random(seed)
     losses = []
     model.train()
     with tqdm(total=params.epochs * batches_per_epoch, desc="clip", disable=not progress) as bar:
         for _ in range(params.epochs):
-            for batch in torch.randperm(len(images), generator=order).split(params.batch_size):
-                loss = clip_batch(model, tokenizer, [images[i] for i in batch], [texts[i] for i in batch], negatives)
+            for batch in torch.randperm(len(examples), generator=order).split(params.batch_size):
+                chosen = [examples[i] for i in batch]
+                texts = [draw.choice(options) for e in chosen for options in e.texts]
+                loss = clip_batch(model, tokenizer, chosen, texts, layer, negatives)
                 _step(model, loss, optimizer, scheduler)
                 with torch.no_grad():  # CLIP's cap on the temperature: logits at most 100x the cosines
                     model.logit_scale.clamp_(0, math.log(100))
@@ -267,23 +288,24 @@ def train_clip(images: Sequence[Image.Image], texts: Sequence[str], tokenizer: P
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    return model, {"pairs": len(images), "distinct_texts": len(set(texts)), "steps": len(losses),
-                   "first_loss": losses[0], "last_epoch_loss": float(np.mean(losses[-batches_per_epoch:]))}
+    return model, {"images": len(examples), "regions": sum(len(e.texts) for e in examples),
+                   "distinct_texts": len({t for e in examples for texts in e.texts for t in texts}),
+                   "steps": len(losses), "first_loss": losses[0],
+                   "last_epoch_loss": float(np.mean(losses[-batches_per_epoch:]))}
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, images: Sequence[Image.Image],
-                       labels: Sequence[str], names: Sequence[str], batch_size: int = 256) -> float:
-    """Share of images whose most similar name, among `names`, is their label."""
+def zero_shot_accuracy(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[RegionImage],
+                       names: Sequence[str], layer: int = -1, batch_size: int = 64) -> float:
+    """Share of regions whose most similar name, among `names`, is their own (their first text)."""
+    labels = [texts[0] for e in examples for texts in e.texts]
     unknown = sorted(set(labels) - set(names))
     if unknown:
         raise ValueError(f"labels {unknown[:5]} are not among the {len(names)} class names")
-    tokens = tokenizer(list(names), padding=True, truncation=True, return_tensors="pt")
-    text = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)  # (K, P)
+    text = F.normalize(text_features(model, tokenizer, names), dim=-1)  # (K, P)
     predicted = []
-    for start in range(0, len(images), batch_size):
-        pixel_values = to_pixel_values(list(images[start:start + batch_size]), model.config.vision_config.image_size)
-        image = F.normalize(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)  # (B, P)
+    for start in range(0, len(examples), batch_size):
+        image = F.normalize(region_features(model, examples[start:start + batch_size], layer), dim=-1)  # (R, P)
         predicted += (image @ text.T).argmax(dim=1).tolist()
     index = {name: i for i, name in enumerate(names)}
     return float(np.mean([p == index[label] for p, label in zip(predicted, labels)]))
@@ -293,10 +315,10 @@ def zero_shot_accuracy(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, ima
 
 
 def llm_config(params: LlmParams, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
-    heads = params.num_heads
+    heads = params.num_heads  # head size hidden_size / heads: 64 is what vLLM's CPU kernels accept
     return LlamaConfig(vocab_size=len(tokenizer), hidden_size=params.hidden_size,
                        intermediate_size=params.intermediate_size, num_hidden_layers=params.num_layers,
-                       num_attention_heads=heads, num_key_value_heads=heads, head_dim=params.hidden_size // heads,
+                       num_attention_heads=heads, num_key_value_heads=heads,
                        max_position_embeddings=params.max_length, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                        tie_word_embeddings=False)
@@ -352,7 +374,8 @@ def heldout_images(samples: Sequence[dict[str, Any]], fraction: float, seed: int
 # ------------------------------------------------------------------------------- both models
 
 
-def _optimizer(model: torch.nn.Module, learning_rate: float, steps: int):
+def _optimizer(model: torch.nn.Module, learning_rate: float,
+               steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW with weight decay on matrices only, and a cosine schedule after a linear warm-up."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -393,7 +416,8 @@ def build_base_models(params: Params, out_dir: Path, *, validated: Path, convers
         manifest = fetch_from_hub(bm.hub, staging, snapshot or _snapshot)
     else:
         manifest = train_base_models(bm, staging, data_root=Path(params.data.root), validated=Path(validated),
-                                     conversations=Path(conversations), progress=progress)
+                                     conversations=Path(conversations),
+                                     feature_layer=params.model.vision_feature_layer, progress=progress)
     manifest = {"source": bm.source, "params": json.loads(bm.model_dump_json()), **manifest}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -402,45 +426,56 @@ def build_base_models(params: Params, out_dir: Path, *, validated: Path, convers
 
 
 def train_base_models(params: BaseModelsParams, out_dir: Path, *, data_root: Path, validated: Path,
-                      conversations: Path, progress: bool = True) -> dict[str, Any]:
-    """Train the tokenizer, CLIP and the LLM on the corpus; save them; return their figures."""
+                      conversations: Path, feature_layer: int = -1, progress: bool = True) -> dict[str, Any]:
+    """Train the tokenizer, CLIP and the LLM on the corpus; save them; return their figures.
+    CLIP aligns the regions pooled from its hidden layer `feature_layer`, the one RGPT reads."""
     samples = [sample for name in CONVERSATION_FILES for sample in read_conversations(conversations / name)]
     started = time.perf_counter()
     tokenizer = train_tokenizer(corpus_texts(samples, load_templates()), params.tokenizer.vocab_size,
                                 params.llm.max_length)
     tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
-    log.info("tokenizer: %d tokens in %.1f s", len(tokenizer), time.perf_counter() - started)
+    log.info("tokenizer: %d tokens in %.0f s", len(tokenizer), time.perf_counter() - started)
+    return {"tokenizer": tokenizer_summary(tokenizer),
+            "clip": _train_and_save_clip(params, tokenizer, out_dir / CLIP_DIR, data_root, validated,
+                                         feature_layer, progress),
+            "llm": _train_and_save_llm(params, tokenizer, samples, out_dir / LLM_DIR, progress)}
 
+
+def _train_and_save_clip(params: BaseModelsParams, tokenizer: PreTrainedTokenizerFast, out_dir: Path,
+                         data_root: Path, validated: Path, layer: int, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     text_tokenizer = clip_text_tokenizer(tokenizer)
-    pairs = clip_pairs(DatasetSplit.load(validated, name) for name in CLIP_TRAIN_SPLITS)
-    clip, clip_figures = train_clip(load_crops(pairs, data_root), [p.text for p in pairs], text_tokenizer,
-                                    params.clip, params.seed, progress=progress)
+    splits = [DatasetSplit.load(validated, name) for name in CLIP_TRAIN_SPLITS]
+    size = params.clip.image_size
+    clip, figures = train_clip(region_images(splits, data_root, size), text_tokenizer, params.clip, params.seed,
+                               layer=layer, negatives=category_names(splits), progress=progress)
     heldout = DatasetSplit.load(validated, ZERO_SHOT_SPLIT)
-    heldout_pairs = clip_pairs([heldout])
+    examples = region_images([heldout], data_root, size)
     names = [heldout.categories[k] for k in sorted(heldout.categories)]
-    clip_figures["zero_shot_accuracy"] = zero_shot_accuracy(
-        clip, text_tokenizer, load_crops(heldout_pairs, data_root), [p.text for p in heldout_pairs], names)
-    clip_figures["zero_shot_crops"], clip_figures["zero_shot_classes"] = len(heldout_pairs), len(names)
-    clip.save_pretrained(out_dir / CLIP_DIR)
-    text_tokenizer.save_pretrained(out_dir / CLIP_DIR)
-    log.info("clip: zero-shot accuracy %.3f on %s in %.1f s", clip_figures["zero_shot_accuracy"],
-             ZERO_SHOT_SPLIT, time.perf_counter() - started)
+    figures["zero_shot_accuracy"] = zero_shot_accuracy(clip, text_tokenizer, examples, names, layer)
+    figures["zero_shot_regions"], figures["zero_shot_classes"] = sum(len(e.texts) for e in examples), len(names)
+    clip.save_pretrained(out_dir)
+    text_tokenizer.save_pretrained(out_dir)
+    log.info("clip: zero-shot accuracy %.3f on %s, in %.0f s", figures["zero_shot_accuracy"], ZERO_SHOT_SPLIT,
+             time.perf_counter() - started)
+    return figures
 
+
+def _train_and_save_llm(params: BaseModelsParams, tokenizer: PreTrainedTokenizerFast,
+                        samples: Sequence[dict[str, Any]], out_dir: Path, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     held = heldout_images(samples, HELDOUT_FRACTION, params.seed)
     train_texts = [render_conversation(s) for s in samples if s["image"] not in held]
     heldout_texts = [render_conversation(s) for s in samples if s["image"] in held]
-    llm, llm_figures = train_llm(pack(train_texts, tokenizer, params.llm.max_length), tokenizer, params.llm,
-                                 params.seed, progress=progress)
+    llm, figures = train_llm(pack(train_texts, tokenizer, params.llm.max_length), tokenizer, params.llm,
+                             params.seed, progress=progress)
     heldout_blocks = pack(heldout_texts, tokenizer, params.llm.max_length)
-    llm_figures |= {"heldout_conversations": len(heldout_texts), "heldout_tokens": heldout_blocks.numel(),
-                    "heldout_perplexity": perplexity(llm, heldout_blocks)}
-    llm.save_pretrained(out_dir / LLM_DIR)
-    tokenizer.save_pretrained(out_dir / LLM_DIR)
-    log.info("llm: held-out perplexity %.3f in %.1f s", llm_figures["heldout_perplexity"],
-             time.perf_counter() - started)
-    return {"tokenizer": tokenizer_summary(tokenizer), "clip": clip_figures, "llm": llm_figures}
+    figures |= {"heldout_conversations": len(heldout_texts), "heldout_tokens": heldout_blocks.numel(),
+                "heldout_perplexity": perplexity(llm, heldout_blocks)}
+    llm.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    log.info("llm: held-out perplexity %.3f, in %.0f s", figures["heldout_perplexity"], time.perf_counter() - started)
+    return figures
 
 
 # ------------------------------------------------------------------------------------------ hub

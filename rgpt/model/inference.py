@@ -19,18 +19,37 @@ class Request:
     regions: list[dict[str, Any]] = field(default_factory=list)  # {"box": [x, y, w, h], "segmentation": ...}
 
 
+@dataclass
+class Answer:
+    text: str
+    log_prob: float  # of the generated tokens (up to and including end-of-sequence) under the model
+
+
 @torch.no_grad()
-def answer(model: RGPTForConditionalGeneration, processor: RGPTProcessor, requests: list[Request],
-           batch_size: int = 16, max_new_tokens: int = 64) -> list[str]:
-    """The model's answer to the last question of each request (left-padded batches, greedy)."""
+def generate_answers(model: RGPTForConditionalGeneration, processor: RGPTProcessor, requests: list[Request],
+                     batch_size: int = 16, max_new_tokens: int = 64) -> list[Answer]:
+    """The model's answer to the last question of each request, with its log-probability
+    (left-padded batches, greedy decoding)."""
     model.eval()
     answers = []
+    pad, eos = processor.tokenizer.pad_token_id, processor.tokenizer.eos_token_id
     for start in range(0, len(requests), batch_size):
         chunk = requests[start:start + batch_size]
         batch = processor.collate([processor(r.turns, r.image, r.regions) for r in chunk], padding_side="left")
         batch.pop("labels")
-        new = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=processor.tokenizer.pad_token_id,
-                             eos_token_id=processor.tokenizer.eos_token_id)
-        answers += [processor.decode(row) for row in new]
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                             eos_token_id=eos, return_dict_in_generate=True, output_scores=True)
+        token_log_probs = model.language_model.compute_transition_scores(out.sequences, out.scores,
+                                                                         normalize_logits=True)
+        for row, log_probs in zip(out.sequences, token_log_probs):
+            # Tokens after the first end-of-sequence are padding that generate adds to finished rows.
+            ends = (row == eos).nonzero()
+            length = int(ends[0]) + 1 if len(ends) else len(row)
+            answers.append(Answer(processor.decode(row), float(log_probs[:length].sum())))
     return answers
+
+
+def answer(model: RGPTForConditionalGeneration, processor: RGPTProcessor, requests: list[Request],
+           batch_size: int = 16, max_new_tokens: int = 64) -> list[str]:
+    """The model's answer text to the last question of each request."""
+    return [a.text for a in generate_answers(model, processor, requests, batch_size, max_new_tokens)]

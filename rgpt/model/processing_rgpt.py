@@ -47,6 +47,25 @@ def question_text(question: str, first: bool) -> str:
     return f"{SYSTEM} USER: {question} ASSISTANT:" if first else f"USER: {question} ASSISTANT:"
 
 
+def region_masks(regions: list[dict[str, Any]], width: int, height: int, size: int) -> torch.Tensor:
+    """(R, S, S) float masks at the input resolution: each region's mask (or its box, when it
+    has no segmentation) placed on the same square canvas as the image, then resized by area."""
+    side = max(width, height)
+    out = torch.zeros(len(regions), size, size)
+    if not regions:
+        return out
+    canvas = torch.zeros(len(regions), side, side)
+    x0, y0 = (side - width) // 2, (side - height) // 2
+    for i, region in enumerate(regions):
+        if region.get("segmentation") is not None:
+            mask = mask_codec.decode(region["segmentation"], height, width)
+        else:
+            mask = mask_codec.box_to_mask(region["box"], height, width)
+        canvas[i, y0:y0 + height, x0:x0 + width] = torch.from_numpy(mask.astype(np.float32))
+    mode = "area" if side >= size else "nearest"
+    return F.interpolate(canvas[:, None], size=(size, size), mode=mode)[:, 0]
+
+
 class RGPTProcessor:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ProcessorConfig):
         for token in (IMAGE_TOKEN, REGION_TOKEN):
@@ -103,22 +122,7 @@ class RGPTProcessor:
                                self.config.image_std)[0]
 
     def region_masks(self, regions: list[dict[str, Any]], width: int, height: int) -> torch.Tensor:
-        """(R, S, S) float masks at the input resolution: each region's mask (or its box, when it
-        has no segmentation) placed on the same square canvas as the image, then resized by area."""
-        size, side = self.config.image_size, max(width, height)
-        out = torch.zeros(len(regions), size, size)
-        if not regions:
-            return out
-        canvas = torch.zeros(len(regions), side, side)
-        x0, y0 = (side - width) // 2, (side - height) // 2
-        for i, region in enumerate(regions):
-            if region.get("segmentation") is not None:
-                mask = mask_codec.decode(region["segmentation"], height, width)
-            else:
-                mask = mask_codec.box_to_mask(region["box"], height, width)
-            canvas[i, y0:y0 + height, x0:x0 + width] = torch.from_numpy(mask.astype(np.float32))
-        mode = "area" if side >= size else "nearest"
-        return F.interpolate(canvas[:, None], size=(size, size), mode=mode)[:, 0]
+        return region_masks(regions, width, height, self.config.image_size)
 
     # ------------------------------------------------------------------------------- samples
 

@@ -47,3 +47,13 @@ def log_model(folder: str | Path, registered_name: str | None = None) -> mlflow.
         name="rgpt", python_model=RGPTModel(), artifacts={MODEL_ARTIFACT: str(folder)},
         code_paths=[str(package)], registered_model_name=registered_name,
         pip_requirements=[r for r in requirements if r and not r.startswith("#")])
+
+
+def write_model_record(info: mlflow.models.model.ModelInfo, path: str | Path, name: str) -> Path:
+    """Which MLflow run and registered version hold a model (the evaluate stage attaches its figures there)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"name": name, "version": info.registered_model_version, "run_id": info.run_id,
+              "model_uri": info.model_uri}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path

@@ -1,0 +1,29 @@
+"""dvc stage `evaluate`: the stage-2 model on every benchmark (paper Sec. 4.2): COCO region
+classification, RefCOCOg / VG region captioning, RefCOCOg REC and POPE; the synthetic twins in
+the embedded profile, the real sets in the paper profile.
+
+Predictions are cached per benchmark (outputs/evaluate/), so a killed run resumes; the figures go
+to this flow's MLflow run and onto the evaluated model's run and registered version.
+"""
+
+from prefect import flow
+
+from rgpt.config import load_params
+from rgpt.eval import stages
+from rgpt.tracking import flow_version, log_outputs, stage_run
+
+PARAMS = load_params()
+
+
+@flow(name="evaluate", version=flow_version("evaluate", PARAMS))
+def evaluate() -> dict:
+    with stage_run("evaluate", PARAMS):
+        result = stages.run_evaluate(PARAMS)
+        log_outputs(result)
+        if PARAMS.evaluate.model == stages.STAGE2_MODEL:  # the model the record names
+            stages.log_to_registered_model(result.metrics)
+    return result.metrics
+
+
+if __name__ == "__main__":
+    evaluate()
