@@ -15,7 +15,6 @@ from rgpt.data.records import DatasetSplit, ImageRecord, Region
 from rgpt.eval import benchmarks, classification as cls, rec
 from rgpt.eval.captioning import caption_scores
 from rgpt.eval.pope import is_yes, pope_metrics
-from rgpt.eval.report import markdown
 from rgpt.eval.runner import Item, read_cache, run
 from rgpt.eval.stages import write_reports
 from rgpt.model.modeling_rgpt import RGPTForConditionalGeneration

@@ -8,7 +8,6 @@ from transformers import AutoModelForImageTextToText
 
 import rgpt.model  # noqa: F401  (registers the Auto classes)
 from rgpt.model import regions
-from rgpt.model.configuration_rgpt import RGPTConfig
 from rgpt.model.modeling_rgpt import RGPTForConditionalGeneration
 from rgpt.model.processing_rgpt import IGNORE_INDEX, ProcessorConfig, RGPTProcessor, question_text
 from rgpt.train.stages import freeze_for_stage
