@@ -169,14 +169,12 @@ def nearest_names(texts: list[str], names: list[str], clip_dir: Path) -> list[st
         return []
     from transformers import AutoTokenizer, CLIPModel
 
+    from ..model.base import text_features
+
     model, tokenizer = CLIPModel.from_pretrained(clip_dir).eval(), AutoTokenizer.from_pretrained(clip_dir)
-
-    def embed(batch: list[str]) -> torch.Tensor:
-        tokens = tokenizer([t or " " for t in batch], padding=True, truncation=True, return_tensors="pt")
-        features = model.get_text_features(**tokens)
-        return F.normalize(getattr(features, "pooler_output", features), dim=-1)
-
-    return [names[i] for i in (embed(texts) @ embed(names).T).argmax(dim=1).tolist()]
+    answers = F.normalize(text_features(model, tokenizer, [t or " " for t in texts]), dim=-1)
+    categories = F.normalize(text_features(model, tokenizer, names), dim=-1)
+    return [names[i] for i in (answers @ categories.T).argmax(dim=1).tolist()]
 
 
 # ------------------------------------------------------------------------------- captioning
