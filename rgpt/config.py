@@ -194,6 +194,46 @@ class EvaluateParams(_Section):
     rec_max_proposals: int = Field(10, ge=1)
 
 
+class StandinParams(_Section):
+    """The embedded stand-in VLM endpoint (rgpt/recap/standin.py): its faults are part of the test."""
+
+    corrupt_share: float = Field(0.2, ge=0, le=1)  # region answers made wrong on purpose (known truth)
+    error_share: float = Field(0.05, ge=0, le=1)  # requests answered 429 + Retry-After
+    slow_share: float = Field(0.02, ge=0, le=1)  # requests answered after slow_latency_s
+    latency_s: float = Field(0.0, ge=0)  # every answer waits this long (the benchmark's fixed latency)
+    slow_latency_s: float = Field(1.0, ge=0)
+    retry_after_s: float = Field(0.1, ge=0)  # the Retry-After its 429s carry
+
+
+class RecapParams(_Section):
+    """RecapD generation (paper Sec. 3.3): a VLM behind an OpenAI-compatible chat-completions API."""
+
+    seed: int = 0
+    endpoint: str = "standin"  # standin: the embedded stand-in | a base URL such as http://localhost:8000/v1
+    model: str = "rgpt-standin-vlm"
+    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key; unset: no Authorization
+    concurrency: int = Field(16, ge=1)  # requests in flight, over all shards
+    requests_per_minute: float | None = Field(None, gt=0)  # None: no limit
+    tokens_per_minute: float | None = Field(None, gt=0)  # None: no limit
+    max_retries: int = Field(5, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.2, ge=0)
+    context: float = Field(0.5, ge=0)  # the crop: the box enlarged by this share of its size on each side
+    shards: int = Field(4, ge=1)
+    task_runner: Literal["threads", "dask", "ray"] = "threads"
+    max_failure_ratio: float = Field(0.02, ge=0, le=1)
+    cache: Path = Path("cache/recap")  # responses (sqlite) and shard progress; outside dvc's outs, so it survives
+    standin: StandinParams = StandinParams()
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v != "standin" and not re.match(r"^https?://", v):
+            raise ValueError(f"must be 'standin' or an http(s) base URL such as http://localhost:8000/v1, got {v!r}")
+        return v.rstrip("/")
+
+
 class Params(_Section):
     profile: Literal["embedded", "paper"]
     data: DataParams
@@ -206,6 +246,7 @@ class Params(_Section):
     model: ModelParams
     train: TrainParams
     evaluate: EvaluateParams = EvaluateParams()
+    recap: RecapParams = RecapParams()
 
     def stage_params(self, stage: str) -> dict[str, Any]:
         """The sections a stage reads, as plain JSON-ready values (for logging and hashing)."""
@@ -220,6 +261,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "download": ("data", "synthetic", "download"),
     "validate": ("data", "validate"),
     "balance": ("balance",),
+    "recap": ("data", "recap"),
     "conversations": ("data", "conversations"),
     "base_models": ("data", "base_models", "model"),  # model: vision_feature_layer, which CLIP aligns
     "train_stage1": ("data", "model", "train"),

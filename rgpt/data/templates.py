@@ -27,6 +27,15 @@ TEMPLATE_FILES = {
 }
 PROMPTS_FILE = "task_prompts.yaml"
 
+# RecapD (paper Sec. 3.3): the VLM prompts of its two stages, ten variants each.
+GLOBAL_CAPTION = "<GlobalCaption>"  # replaced by the stage-one caption of the whole image
+CLASS_NAME = "<ClassName>"  # replaced by the region's human-annotated class name
+RECAP_TEMPLATE_FILES = {  # file -> placeholder -> how many times every line must hold it
+    "recap_global": {GLOBAL_CAPTION: 0, CLASS_NAME: 0},
+    "recap_region": {GLOBAL_CAPTION: 1, CLASS_NAME: 1},
+}
+RECAP_VARIANTS = 10  # Sec. 3.3: "ten different versions of input prompts for both stages"
+
 
 @dataclass(frozen=True)
 class TaskPrompts:
@@ -59,6 +68,11 @@ def parse_templates(text: str, name: str, source: str) -> tuple[str, ...]:
     `source` names the file in error messages.
     """
     regions, descriptions = TEMPLATE_FILES[name]
+    return check_lines(text, source, {REGION: regions, DESCRIPTION: descriptions})
+
+
+def check_lines(text: str, source: str, placeholders: dict[str, int]) -> tuple[str, ...]:
+    """The lines of a template file, each checked to hold every placeholder exactly as often as given."""
     lines = text.splitlines()
     seen: dict[str, int] = {}
     for line_no, line in enumerate(lines, 1):
@@ -67,11 +81,11 @@ def parse_templates(text: str, name: str, source: str) -> tuple[str, ...]:
             raise ValueError(f"{where}: empty line; every line must be one instruction")
         if line != line.strip():
             raise ValueError(f"{where}: leading or trailing whitespace in {line!r}")
-        if line.count(REGION) != regions or line.count(DESCRIPTION) != descriptions:
-            raise ValueError(
-                f"{where}: needs {regions} {REGION} and {descriptions} {DESCRIPTION}, got "
-                f"{line.count(REGION)} and {line.count(DESCRIPTION)} in {line!r}"
-            )
+        counts = {p: line.count(p) for p in placeholders}
+        if counts != placeholders:
+            need = " and ".join(f"{n} {p}" for p, n in placeholders.items())
+            got = " and ".join(str(n) for n in counts.values())
+            raise ValueError(f"{where}: needs {need}, got {got} in {line!r}")
         if line in seen:
             raise ValueError(f"{where}: duplicate of line {seen[line]}: {line!r}")
         seen[line] = line_no
@@ -97,3 +111,34 @@ def load_templates() -> Templates:
         path = _template_dir() / f"{name}.txt"
         lists[name] = parse_templates(path.read_text(encoding="utf-8"), name, str(path))
     return Templates(**lists, prompts=_read_prompts())
+
+
+@dataclass(frozen=True)
+class RecapPrompts:
+    """RecapD's VLM prompts (Sec. 3.3): stage one asks for a global caption, stage two for a region's."""
+
+    global_: tuple[str, ...]  # describe the whole image
+    region: tuple[str, ...]  # each holds one <GlobalCaption> and one <ClassName>
+
+    def region_prompt(self, index: int, global_caption: str, class_name: str) -> str:
+        """Region variant `index` with the global caption (its final full stop dropped) and class name filled in."""
+        return (self.region[index].replace(GLOBAL_CAPTION, global_caption.strip().rstrip("."))
+                .replace(CLASS_NAME, class_name))
+
+
+def parse_recap_templates(text: str, name: str, source: str) -> tuple[str, ...]:
+    """The prompts of one RecapD template file: `RECAP_VARIANTS` distinct lines with the right placeholders."""
+    lines = check_lines(text, source, RECAP_TEMPLATE_FILES[name])
+    if len(lines) != RECAP_VARIANTS:
+        raise ValueError(f"{source}: needs {RECAP_VARIANTS} prompt variants (one a line), got {len(lines)}")
+    return lines
+
+
+@functools.cache
+def load_recap_prompts() -> RecapPrompts:
+    """The RecapD prompts shipped with the package, read and checked once per process."""
+    lists = {}
+    for name in RECAP_TEMPLATE_FILES:
+        path = _template_dir() / f"{name}.txt"
+        lists[name] = parse_recap_templates(path.read_text(encoding="utf-8"), name, str(path))
+    return RecapPrompts(global_=lists["recap_global"], region=lists["recap_region"])
