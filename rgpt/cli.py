@@ -15,6 +15,8 @@ from .config import PARAMS_FILE, PROFILES, load_params, set_profile
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Fetch, synthesise and inspect the raw corpus.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+recap_app = typer.Typer(help="RecapD region captions (the recap stage).", no_args_is_help=True)
+app.add_typer(recap_app, name="recap")
 console = Console()
 
 
@@ -151,6 +153,35 @@ def data_show(dataset: str = typer.Argument(..., help="v3det | vg | coco | lvis 
         raise typer.BadParameter(f"{dataset}/{split} has {len(records)} images; index {index} is out of range")
     draw_record(records[index], root).save(out)
     console.print(f"{records[index].key} -> {out}")
+
+
+@recap_app.command("stats")
+def recap_stats(captions: Path = typer.Option(Path("outputs/recap/captions.jsonl"), help="the recap stage's captions"),
+                metrics: Path = typer.Option(Path("reports/recap/metrics.json"), help="the recap stage's metrics"),
+                bins: int = typer.Option(10, help="bars in the words-per-caption histogram")) -> None:
+    """Regions captioned, API calls, tokens, retries, failures by reason, cache hits, words per caption."""
+    import json
+
+    from .data.records import read_jsonl
+    from .recap.stats import text_histogram
+
+    for path in (captions, metrics):
+        if not path.exists():
+            raise typer.BadParameter(f"{path} not found: run the recap stage first (dvc repro recap)")
+    m = json.loads(metrics.read_text())
+    client = m["client"]
+    table = Table("", "value")
+    for name, value in [("regions captioned", f"{m['captioned']} of {m['regions']} ({m['images']} images)"),
+                        ("API calls", client["api_calls"]), ("retries", client["retries"]),
+                        ("cache hits", client["cache_hits"]),
+                        ("tokens (prompt / completion)", f"{client['prompt_tokens']} / {client['completion_tokens']}"),
+                        ("failures", f"{m['failed']} {m['failures_by_reason'] or ''}".strip())]:
+        table.add_row(name, str(value))
+    words = [len(row["caption"].split()) for row in read_jsonl(captions)]
+    if words:
+        table.add_row("words per caption", f"mean {sum(words) / len(words):.1f}, min {min(words)}, max {max(words)}")
+    console.print(table)
+    console.print(text_histogram(words, bins=bins))
 
 
 if __name__ == "__main__":

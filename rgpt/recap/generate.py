@@ -235,10 +235,11 @@ def caption_shard(shard: Shard, job: ShardJob) -> ShardResult:
     """Caption every region of the shard's images (resuming from an earlier partial run); returns
     where the finalised shard file is and what this run did."""
     final, partial = shard_paths(job.work_dir, shard.index)
-    if final.exists():  # finished by an earlier run
+    if final.exists():  # finished by an earlier run: done, unless some regions failed there
         rows = [json.loads(line) for line in final.read_text(encoding="utf-8").splitlines() if line.strip()]
-        ok = sum(r["status"] == "ok" for r in rows)
-        return ShardResult(shard.index, final, len(rows), ok, len(rows) - ok, Counters().to_dict())
+        if all(r["status"] == "ok" for r in rows):
+            return ShardResult(shard.index, final, len(rows), len(rows), 0, Counters().to_dict())
+        os.replace(final, partial)  # ask again for the failed ones only
     final.parent.mkdir(parents=True, exist_ok=True)
     done = {_region_key(r) for r in read_partial(partial) if r["status"] == "ok"}
     todo = [(record, [g for g in record.regions if (record.dataset, str(record.image_id), g.id) not in done])

@@ -402,6 +402,8 @@ class StandinVLM:
 
     async def _chat(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        if request.headers.get("Authorization", "").startswith("Bearer "):
+            self.requests["authorized"] += 1  # counted, never stored: tests check a key was sent
         try:
             body = json.loads(raw)
         except ValueError:
