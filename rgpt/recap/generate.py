@@ -258,6 +258,7 @@ async def _run(shard: Shard, job: ShardJob, todo: list[tuple[ImageRecord, list[R
     prompts = load_recap_prompts()
     with ResponseCache(job.cache_path) as cache, open(partial, "a", encoding="utf-8") as out, \
             tqdm(total=shard.regions, initial=initial, desc=f"recap shard {shard.index}", unit="region",
+                 position=shard.index, leave=True,
                  disable=not job.progress) as bar:
         async with ChatClient(job.client, cache) as client:
             runner = _ShardRunner(job, client, prompts, out, bar)

@@ -188,7 +188,7 @@ def _distance(a: _Object, b: _Object) -> float:
 
 
 def region_caption(scene: _Image, obj: _Object, class_name: str, context_caption: str, rng: random.Random,
-                   min_words: int = 80, max_words: int = 110) -> str:
+                   min_words: int = 75, max_words: int = 100) -> str:
     """Stage two: a detailed caption of `obj` that names `class_name` and draws on `context_caption`."""
     w, h = scene.record.width, scene.record.height
     colour, shape = split_category(class_name)
@@ -225,15 +225,17 @@ def region_caption(scene: _Image, obj: _Object, class_name: str, context_caption
         f"is visible around the {shape}.",
         f"The crop leaves a little room around the {shape}, showing part of the {scene.background} backdrop.",
     ])
+    # stage two's point: the answer draws on the global caption the prompt carried (its first sentence)
     first = context_caption.split(". ")[0].strip().rstrip(".")
-    context = rng.choice([f"This fits the overall scene, where {first[0].lower() + first[1:]}." if first else "",
-                          "Seen within the whole image, it is one of several simple shapes arranged on a plain "
-                          "background."])
+    first = first[:1].lower() + first[1:]
+    context = rng.choice([f"This fits the overall scene, where {first}.",
+                          f"As the description of the whole image puts it, {first}."]) if first else ""
     closing = rng.choice([f"Overall, the {class_name} is clearly defined and easy to recognise.",
                           f"In short, it is a clean, well-defined {class_name}."])
-    middle = [shape_fact, surface, size, *relations, contrast, crop, context]
+    middle = [shape_fact, surface, size, *relations, contrast, crop]
     rng.shuffle(middle)
-    sentences, words = [opening], len(opening.split()) + len(closing.split())
+    sentences = [opening, context] if context else [opening]
+    words = sum(len(x.split()) for x in sentences) + len(closing.split())
     for sentence in middle:
         n = len(sentence.split())
         if sentence and (words < min_words or words + n <= max_words):
