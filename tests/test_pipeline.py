@@ -21,6 +21,7 @@ from rgpt.data.formats import SPLITS
 from rgpt.data.records import DatasetSplit, read_jsonl
 from rgpt.data.validate import DataContractError, check_gate
 from rgpt.eval import stages as eval_stages
+from rgpt.recap import stages as recap_stages
 from rgpt.train import stages as train_stages
 
 from conftest import REPO, small_synthetic_params
@@ -47,6 +48,7 @@ def test_dvc_yaml_matches_the_stage_code():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     expected_outs = {"validate": {str(stages.VALIDATED), str(stages.QUARANTINE)},
                      "balance": {str(stages.BALANCED)},
+                     "recap": {str(recap_stages.RECAP)},
                      "conversations": {str(stages.CONVERSATIONS), str(stages.CONVERSATION_QUARANTINE)},
                      "base_models": {str(train_stages.BASE_MODELS)},
                      "train_stage1": {str(train_stages.MODELS / "stage1")},
@@ -204,7 +206,7 @@ def test_make_data_and_dvc_repro_run_the_flows(tmp_path):
         versions = db.execute("SELECT name, version FROM model_versions").fetchall()
         steps = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'loss'").fetchone()[0]
     by_stage = {t["rgpt.stage"]: t for t in tags.values() if "rgpt.stage" in t}
-    assert set(by_stage) == {"download", "validate", "balance", "conversations", "base_models", "train_stage1",
+    assert set(by_stage) == {"download", "validate", "balance", "recap", "conversations", "base_models", "train_stage1",
                              "train_stage2", "evaluate"}
     for stage in set(by_stage) - {"download"}:
         t = by_stage[stage]

@@ -11,7 +11,8 @@ from shapely.geometry import Polygon
 
 from rgpt.data.pope import build_pope, question_text
 from rgpt.data.synthetic import write_corpus
-from rgpt.data.synthetic.scene import COLOURS, Scene, SceneObject, _compute_visibility, draw_scene, object_mask, render
+from rgpt.data.synthetic.scene import (COLOURS, PATTERNS, SHAPES, Scene, SceneObject, _compute_visibility, accent,
+                                      draw_scene, object_mask, render)
 from rgpt.data.synthetic.corpus import ALL_CATEGORIES
 from rgpt.data.synthetic.text import referring_expressions
 
@@ -43,8 +44,13 @@ def test_annotation_masks_are_the_painted_pixels():
         for i, obj in enumerate(scene.objects):
             mask = object_mask(scene, obj).astype(bool)
             assert mask.shape == (scene.height, scene.width) and mask.any()
-            # painted in the object's colour (renders jitter each channel by at most 10)
-            close = (np.abs(pixels[mask] - np.array(COLOURS[obj.colour])) <= 10).all(axis=1)
+            # painted in the object's colour or its pattern's accent shade of it (renders jitter
+            # each channel of the colour by at most 10, which the accent scales by at most 0.6)
+            colour = np.array(COLOURS[obj.colour])
+            close = ((np.abs(pixels[mask] - colour) <= 10).all(axis=1)
+                     | (np.abs(pixels[mask] - np.clip(accent(colour), 0, 255)) <= 10).all(axis=1))
+            if obj.shape != "circle" and mask.sum() >= 200:  # patterned, and large enough to show it
+                assert (np.abs(pixels[mask] - colour) > 10).any(axis=1).mean() > 0.1
             later = scene.objects[i + 1:]
             if not any(obj.outline.intersects(o.outline) for o in later):
                 assert close.all()  # unoccluded: exact
@@ -53,6 +59,12 @@ def test_annotation_masks_are_the_painted_pixels():
                 assert close.mean() > 0.9  # occluded: exact up to the occluder's boundary pixels
             assert obj.visible.area >= 0.5 * obj.outline.area - 1e-6
     assert checked_occluded > 0
+
+
+def test_every_shape_has_its_own_pattern():
+    y, x = np.mgrid[0:48, 0:48]
+    drawn = {shape: PATTERNS[shape](x, y).tobytes() for shape in SHAPES}
+    assert set(PATTERNS) == set(SHAPES) and len(set(drawn.values())) == len(SHAPES)
 
 
 def test_visible_outline_excludes_later_objects():

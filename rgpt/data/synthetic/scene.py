@@ -1,4 +1,4 @@
-"""Synthetic scenes: coloured shapes on a textured background, with exact masks and known facts.
+"""Synthetic scenes: coloured, patterned shapes on a textured background, with exact masks and known facts.
 
 A `Scene` is drawn from a seeded generator: every object has a shape, a colour, a size, a
 position and a paint order. Its visible outline (what later objects leave uncovered) is computed
@@ -32,6 +32,26 @@ COLOURS = {
 }
 BACKGROUNDS = {"grey": (128, 128, 128), "beige": (196, 178, 140), "slate": (92, 104, 120),
                "olive": (128, 128, 84), "brown": (120, 86, 64)}
+# Every kind of object wears its own surface pattern (drawn in a darker shade of its colour, a
+# lighter one for black) as well as its outline, as real categories have textures: fur, bark,
+# brick. Why: a small ViT trained from scratch for minutes does not learn outlines only a couple
+# of patches wide (a supervised shape probe on mask-pooled patch features stayed at chance for
+# 10 epochs), but it learns a pattern that every patch of the object carries (52 % after 4).
+# Each maps integer pixel coordinates (x, y) to "pattern here"; the circle is plain.
+PATTERNS = {
+    "circle": lambda x, y: np.zeros(x.shape, bool),
+    "ellipse": lambda x, y: y % 6 < 3,  # horizontal stripes
+    "square": lambda x, y: x % 6 < 3,  # vertical stripes
+    "rectangle": lambda x, y: (x + y) % 8 < 4,  # diagonal stripes
+    "triangle": lambda x, y: (x - y) % 8 < 4,  # the other diagonal
+    "diamond": lambda x, y: (x // 4 + y // 4) % 2 == 0,  # checks
+    "pentagon": lambda x, y: (x % 6 < 2) & (y % 6 < 2),  # dots
+    "hexagon": lambda x, y: y % 12 < 4,  # wide horizontal bands
+    "octagon": lambda x, y: (x % 6 == 0) | (y % 6 == 0),  # grid
+    "star": lambda x, y: (x // 2 + y // 2) % 2 == 0,  # fine checks
+    "cross": lambda x, y: x % 12 < 4,  # wide vertical bands
+    "arrow": lambda x, y: ((x % 8 < 4) ^ (y % 8 < 4)) & ((x + y) % 2 == 0),  # checked dots
+}
 # Size words by the object's share of the image's short side.
 SIZE_WORDS = ((0.24, "small"), (0.34, "medium"), (1.0, "large"))
 
@@ -230,8 +250,14 @@ def object_mask(scene: Scene, obj: SceneObject) -> np.ndarray:
     return masks.decode(obj.polygons(), scene.height, scene.width)
 
 
+def accent(shade: np.ndarray) -> np.ndarray:
+    """The shade an object's pattern is drawn in: darker, or lighter for a dark colour."""
+    return shade + 80 if shade.mean() < 70 else shade * 0.6
+
+
 def render(scene: Scene, rng: np.random.Generator) -> Image.Image:
-    """Paint the background texture, then each object's visible mask in paint order."""
+    """Paint the background texture, then each object's visible mask in paint order, in its
+    colour with its kind's pattern (`PATTERNS`, at a random offset) in the accent shade."""
     h, w = scene.height, scene.width
     base = np.array(BACKGROUNDS[scene.background], dtype=np.float32)
     ramp = np.linspace(-12, 12, w, dtype=np.float32)[None, :, None]  # a soft left-right gradient
@@ -239,5 +265,8 @@ def render(scene: Scene, rng: np.random.Generator) -> Image.Image:
     pixels = np.clip(base + ramp + noise, 0, 255).astype(np.uint8)
     for obj in scene.objects:
         shade = np.array(COLOURS[obj.colour], dtype=np.int16) + rng.integers(-10, 11, size=3)
-        pixels[object_mask(scene, obj).astype(bool)] = np.clip(shade, 0, 255).astype(np.uint8)
+        mask = object_mask(scene, obj).astype(bool)
+        x, y = np.mgrid[0:h, 0:w][::-1] + rng.integers(0, 12, size=(2, 1, 1))
+        pixels[mask] = np.clip(shade, 0, 255).astype(np.uint8)
+        pixels[mask & PATTERNS[obj.shape](x, y)] = np.clip(accent(shade), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels, "RGB")
