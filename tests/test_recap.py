@@ -21,7 +21,8 @@ from rgpt.data.records import DatasetSplit, read_jsonl
 from rgpt.data.templates import load_recap_prompts, parse_recap_templates
 from rgpt.recap.cache import ResponseCache
 from rgpt.recap.client import ChatClient, ClientConfig, RequestFailed, TokenBucket, user_message
-from rgpt.recap.generate import Shard, ShardJob, caption_shard, draw_variant, read_partial, shard_paths
+from rgpt.data.records import resume_jsonl
+from rgpt.recap.generate import Shard, ShardJob, caption_shard, draw_variant, shard_paths
 from rgpt.recap.images import png_data_url
 from rgpt.recap.standin import CORRUPTIONS, StandinVLM
 
@@ -182,7 +183,7 @@ def test_a_killed_run_resumes_without_asking_twice_or_losing_a_region(corpus, v3
         assert not final.exists(), "the worker finished before it was killed; slow the stand-in down"
         with open(partial, "ab") as f:
             f.write(b'{"dataset": "v3det", "split": "tra')  # what a kill mid-write leaves
-        done = {(r["image_id"], r["region_id"]) for r in read_partial(partial)}
+        done = {(r["image_id"], r["region_id"]) for r in resume_jsonl(partial)}
         assert 40 <= len(done) < sum(len(r.regions) for r in v3det.records)
         asked_before = dict(vlm.region_requests)
         job = ShardJob(corpus, work, work / "cache.sqlite",
@@ -204,11 +205,11 @@ def test_a_killed_run_resumes_without_asking_twice_or_losing_a_region(corpus, v3
 def test_a_truncated_last_line_is_repaired(tmp_path):
     path = tmp_path / "shard.jsonl.partial"
     path.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": ')
-    assert read_partial(path) == [{"a": 1}, {"a": 2}]
+    assert resume_jsonl(path) == [{"a": 1}, {"a": 2}]
     assert path.read_bytes() == b'{"a": 1}\n{"a": 2}\n'
     path.write_bytes(b'{"a": 1}\n{"a"\n{"a": 3}\n')
     with pytest.raises(ValueError, match=r"shard\.jsonl\.partial:2: broken line"):
-        read_partial(path)
+        resume_jsonl(path)
 
 
 # ------------------------------------------------------------------------ retries and limits

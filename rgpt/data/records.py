@@ -14,10 +14,13 @@ half-written file behind.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+log = logging.getLogger(__name__)
 
 Box = list[float]  # [x, y, w, h], absolute pixels
 Segmentation = list[list[float]] | dict[str, Any]  # COCO polygon list, or RLE {"counts", "size"}
@@ -105,6 +108,39 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
+
+
+def resume_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of an append-only JSON Lines file that a killed run may have left, made ready for
+    appending. A kill can only truncate the last line (each row is one write ending in its
+    newline): a tail that is a whole row gets its newline back, an unreadable tail is cut off, so
+    appending resumes on a clean line end; a broken complete line is not a kill's doing and raises."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # the bytes up to the last complete line
+    rows = []
+    for line_no, line in enumerate(data[:end].splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise ValueError(f"{path}:{line_no}: broken line before the end of the file; only a truncated "
+                                 "last line can come from a kill. Delete the file to redo its work") from None
+    tail = data[end:]
+    if tail.strip():
+        try:
+            rows.append(json.loads(tail))  # whole, only its newline missing
+            with open(path, "ab") as f:
+                f.write(b"\n")
+            return rows
+        except ValueError:
+            log.warning("%s: dropping a truncated last line (%d bytes) left by an interrupted run", path, len(tail))
+    if tail:
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return rows
 
 
 def write_records(path: str | os.PathLike, records: Iterable[ImageRecord]) -> int:

@@ -103,13 +103,16 @@ def _read_prompts() -> TaskPrompts:
     return TaskPrompts(**raw)
 
 
+def _read_template(name: str, parse) -> tuple[str, ...]:
+    """Template file `name`.txt shipped with the package, parsed (and checked) by `parse`."""
+    path = _template_dir() / f"{name}.txt"
+    return parse(path.read_text(encoding="utf-8"), name, str(path))
+
+
 @functools.cache
 def load_templates() -> Templates:
     """The templates shipped with the package, read and checked once per process."""
-    lists = {}
-    for name in TEMPLATE_FILES:
-        path = _template_dir() / f"{name}.txt"
-        lists[name] = parse_templates(path.read_text(encoding="utf-8"), name, str(path))
+    lists = {name: _read_template(name, parse_templates) for name in TEMPLATE_FILES}
     return Templates(**lists, prompts=_read_prompts())
 
 
@@ -137,8 +140,5 @@ def parse_recap_templates(text: str, name: str, source: str) -> tuple[str, ...]:
 @functools.cache
 def load_recap_prompts() -> RecapPrompts:
     """The RecapD prompts shipped with the package, read and checked once per process."""
-    lists = {}
-    for name in RECAP_TEMPLATE_FILES:
-        path = _template_dir() / f"{name}.txt"
-        lists[name] = parse_recap_templates(path.read_text(encoding="utf-8"), name, str(path))
+    lists = {name: _read_template(name, parse_recap_templates) for name in RECAP_TEMPLATE_FILES}
     return RecapPrompts(global_=lists["recap_global"], region=lists["recap_region"])

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from PIL import Image
 from tqdm import tqdm
 
+from ..data.records import resume_jsonl
 from ..model.inference import Request, generate_answers
 from ..model.modeling_rgpt import RGPTForConditionalGeneration
 from ..model.processing_rgpt import RGPTProcessor
@@ -34,28 +35,17 @@ class Item:
 
 
 def read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    """The predictions already made, by id; a last line cut short by a crash is ignored."""
-    rows = {}
-    if path.exists():
-        for line in path.read_text().splitlines(keepends=True):
-            if line.endswith("\n"):
-                row = json.loads(line)
-                rows[row["id"]] = row
-    return rows
+    """The predictions already made, by id; a last line cut short by a crash is cut off."""
+    return {row["id"]: row for row in resume_jsonl(path)}
 
 
 def open_cache(path: Path, key: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The cache's rows when it was written for `key`; otherwise it is set aside and empty.
-    A last line cut short by a crash is cut off, so that appending goes on from a clean line."""
+    """The cache's rows when it was written for `key`; otherwise it is set aside and empty."""
     key_path = path.with_suffix(".key.json")
     if path.exists() and (not key_path.exists() or json.loads(key_path.read_text()) != key):
         path.replace(path.with_suffix(path.suffix + ".stale"))
     path.parent.mkdir(parents=True, exist_ok=True)
     key_path.write_text(json.dumps(key, indent=1, sort_keys=True))
-    if path.exists():
-        text = path.read_text()
-        if text and not text.endswith("\n"):
-            path.write_text(text[:text.rfind("\n") + 1])
     return read_cache(path)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +34,12 @@ from typing import Any, TextIO
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.records import ImageRecord, Region, write_jsonl
+from ..data.records import ImageRecord, Region, read_jsonl, resume_jsonl, write_jsonl
 from ..data.templates import RecapPrompts, load_recap_prompts
 from .cache import ResponseCache, request_key
 from .client import ChatClient, ClientConfig, Counters, RequestFailed, user_message
 from .images import crop_box, crop_region, pixel_hash, png_data_url
 
-log = logging.getLogger(__name__)
 
 RECORD_KEYS = ("dataset", "split", "image_id", "region_id", "file_name", "box", "crop_box", "class_name", "status",
                "caption", "global_caption", "global_prompt", "region_prompt", "model", "context")
@@ -98,37 +96,6 @@ def shard_paths(work_dir: Path, index: int) -> tuple[Path, Path]:
 
 
 # ------------------------------------------------------------------------------ resumable output
-
-
-def read_partial(path: Path) -> list[dict[str, Any]]:
-    """The records of a partial shard file. A kill can only truncate the last line (each record is
-    one write ending in its newline): an unreadable tail is cut off the file, so appending resumes
-    on a clean line end; a broken complete line is not a kill's doing and is an error."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1  # the bytes up to the last complete line
-    rows = []
-    for line_no, line in enumerate(data[:end].splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise ValueError(f"{path}:{line_no}: broken line before the end of the file; only a truncated "
-                                 "last line can come from a kill. Delete the file to redo this shard") from None
-    tail = data[end:]
-    if tail.strip():
-        try:
-            rows.append(json.loads(tail))  # whole, only its newline missing
-            with open(path, "ab") as f:
-                f.write(b"\n")
-            return rows
-        except ValueError:
-            log.warning("%s: dropping a truncated last line (%d bytes) left by an interrupted run", path, len(tail))
-    if tail:
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    return rows
 
 
 def _append(out: TextIO, row: dict[str, Any]) -> None:
@@ -236,17 +203,17 @@ def caption_shard(shard: Shard, job: ShardJob) -> ShardResult:
     where the finalised shard file is and what this run did."""
     final, partial = shard_paths(job.work_dir, shard.index)
     if final.exists():  # finished by an earlier run: done, unless some regions failed there
-        rows = [json.loads(line) for line in final.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = list(read_jsonl(final))
         if all(r["status"] == "ok" for r in rows):
             return ShardResult(shard.index, final, len(rows), len(rows), 0, Counters().to_dict())
         os.replace(final, partial)  # ask again for the failed ones only
     final.parent.mkdir(parents=True, exist_ok=True)
-    done = {_region_key(r) for r in read_partial(partial) if r["status"] == "ok"}
+    done = {_region_key(r) for r in resume_jsonl(partial) if r["status"] == "ok"}
     todo = [(record, [g for g in record.regions if (record.dataset, str(record.image_id), g.id) not in done])
             for record in shard.records]
     todo = [(record, regions) for record, regions in todo if regions]
     counters = asyncio.run(_run(shard, job, todo, partial, initial=len(done)))
-    rows = _compact(read_partial(partial), shard)
+    rows = _compact(resume_jsonl(partial), shard)
     write_jsonl(final, rows)  # a temporary file renamed: the final file is whole or absent
     partial.unlink()
     ok = sum(r["status"] == "ok" for r in rows)
