@@ -11,7 +11,7 @@ from shapely.geometry import Polygon
 
 from rgpt.data.pope import build_pope, question_text
 from rgpt.data.synthetic import write_corpus
-from rgpt.data.synthetic.scene import (COLOURS, PATTERNS, SHAPES, Scene, SceneObject, _compute_visibility, accent,
+from rgpt.data.synthetic.scene import (COLOURS, PATTERN_WORDS, PATTERNS, SHAPES, Scene, SceneObject, _compute_visibility, accent,
                                       draw_scene, object_mask, render)
 from rgpt.data.synthetic.corpus import ALL_CATEGORIES
 from rgpt.data.synthetic.text import referring_expressions
@@ -65,6 +65,8 @@ def test_every_shape_has_its_own_pattern():
     y, x = np.mgrid[0:48, 0:48]
     drawn = {shape: PATTERNS[shape](x, y).tobytes() for shape in SHAPES}
     assert set(PATTERNS) == set(SHAPES) and len(set(drawn.values())) == len(SHAPES)
+    # and its own words for the captions that describe it
+    assert set(PATTERN_WORDS) == set(SHAPES) and len(set(PATTERN_WORDS.values())) == len(SHAPES)
 
 
 def test_visible_outline_excludes_later_objects():

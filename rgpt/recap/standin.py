@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from ..config import StandinParams
 from ..data.records import DatasetSplit, ImageRecord, write_jsonl
-from ..data.synthetic.scene import BACKGROUNDS, COLOURS, SHAPES, SIZE_WORDS
+from ..data.synthetic.scene import BACKGROUNDS, COLOURS, PATTERN_WORDS, SHAPES, SIZE_WORDS
 from ..data.templates import CLASS_NAME, GLOBAL_CAPTION, load_recap_prompts
 from .client import IMAGE_TOKENS
 from .images import crop_region, decode_data_url, pixel_hash
@@ -175,10 +175,23 @@ def global_caption(scene: _Image, rng: random.Random) -> str:
             near = min(others, key=lambda o: _distance(obj, o))
             sentence += f", {relation(obj, near, w, h)} the {near.name}"
         sentences.append(sentence + ".")
-    sentences.append(rng.choice(["The shapes are flat and evenly coloured, with crisp edges.",
-                                 "All objects are simple flat shapes with clean outlines.",
-                                 "Each shape is filled with a single solid colour."]))
+    sentences.append(rng.choice(["Each shape is painted in one colour and wears the surface pattern of its kind.",
+                                 "All objects are simple shapes with clean outlines, most of them patterned.",
+                                 "Every shape has a colour of its own and, drawn in a darker shade, a pattern."]))
     return " ".join(sentences)
+
+
+def _surface(colour: str, shape: str, rng: random.Random) -> str:
+    """The object's surface: its colour and the pattern its kind wears (the scene's PATTERN_WORDS)."""
+    pattern = PATTERN_WORDS.get(shape)
+    if pattern is None:  # a category the synthetic scenes do not draw
+        return f"Its surface is painted {colour}."
+    if shape == "circle":  # the one plain kind
+        return rng.choice([f"Its surface is a flat, evenly painted {colour}, with {pattern} on it.",
+                           f"The {shape} is filled with a solid {colour} tone and shows {pattern}."])
+    shade = "lighter" if colour == "black" else "darker"
+    return rng.choice([f"Its {colour} surface is covered with {pattern} in a {shade} {colour}.",
+                       f"The {shape} is painted {colour} and patterned with {pattern} of a {shade} shade."])
 
 
 def _distance(a: _Object, b: _Object) -> float:
@@ -200,11 +213,7 @@ def region_caption(scene: _Image, obj: _Object, class_name: str, context_caption
         f"In the close-up we see a {obj.size} {class_name} that sits {where} of the scene.",
     ])
     shape_fact = SHAPE_FACTS.get(shape, f"It has the typical outline of a {shape}") + "."
-    surface = rng.choice([
-        f"Its surface is a flat, evenly painted {colour} with only faint variations in shade.",
-        f"The {shape} is filled with a solid {colour} tone, and its edges are crisp and clean.",
-        f"Its {colour} fill is smooth and matte, without any visible pattern or texture.",
-    ])
+    surface = _surface(colour, shape, rng)
     contrast = rng.choice([
         f"The {colour} colour stands out clearly against the {scene.background} background around it.",
         f"Against the {scene.background} background, the {colour} {shape} is easy to tell apart.",

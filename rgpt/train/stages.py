@@ -10,10 +10,12 @@ and trains the LLM too, on the fine-tuning conversations.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..config import Params, StageTrainParams, params_hash
@@ -126,6 +128,9 @@ def run_base_models(params: Params) -> StageResult:
     from ..data.stages import VALIDATED
     from ..model.base import build_base_models
 
+    # The stage trains in this one process, so it takes every core (make sets OMP_NUM_THREADS=1
+    # for the training stages' ranks, which would leave all but one idle here).
+    torch.set_num_threads(os.cpu_count() or 1)
     manifest = build_base_models(params, BASE_MODELS, validated=VALIDATED, conversations=CONVERSATIONS)
     metrics = {k: v for k, v in manifest.items() if k in ("tokenizer", "clip", "llm")}
     return StageResult(metrics, {"metrics.json": write_json(REPORTS / "base_models" / "metrics.json", metrics)})

@@ -52,6 +52,21 @@ PATTERNS = {
     "cross": lambda x, y: x % 12 < 4,  # wide vertical bands
     "arrow": lambda x, y: ((x % 8 < 4) ^ (y % 8 < 4)) & ((x + y) % 2 == 0),  # checked dots
 }
+# Each pattern in words, for the captions that describe an object's surface (the RecapD stand-in).
+PATTERN_WORDS = {
+    "circle": "no pattern at all",
+    "ellipse": "thin horizontal stripes",
+    "square": "thin vertical stripes",
+    "rectangle": "diagonal stripes rising to the right",
+    "triangle": "diagonal stripes falling to the right",
+    "diamond": "a checkerboard of small squares",
+    "pentagon": "a regular grid of small dots",
+    "hexagon": "wide horizontal bands",
+    "octagon": "a fine grid of thin lines",
+    "star": "a very fine checkerboard",
+    "cross": "wide vertical bands",
+    "arrow": "a checked pattern of tiny dots",
+}
 # Size words by the object's share of the image's short side.
 SIZE_WORDS = ((0.24, "small"), (0.34, "medium"), (1.0, "large"))
 
