@@ -189,9 +189,9 @@ def _surface(colour: str, shape: str, rng: random.Random) -> str:
     if shape == "circle":  # the one plain kind
         return rng.choice([f"Its surface is a flat, evenly painted {colour}, with {pattern} on it.",
                            f"The {shape} is filled with a solid {colour} tone and shows {pattern}."])
-    shade = "lighter" if colour == "black" else "darker"
-    return rng.choice([f"Its {colour} surface is covered with {pattern} in a {shade} {colour}.",
-                       f"The {shape} is painted {colour} and patterned with {pattern} of a {shade} shade."])
+    accent = "grey" if colour == "black" else f"a darker {colour}"  # scene.accent: lighter for black
+    return rng.choice([f"Its {colour} surface is covered with {pattern} in {accent}.",
+                       f"The {shape} is painted {colour} and patterned with {pattern} in {accent}."])
 
 
 def _distance(a: _Object, b: _Object) -> float:
