@@ -226,17 +226,17 @@ def region_features(model: CLIPModel, examples: Sequence[RegionImage], layer: in
     and projection."""
     config = model.config.vision_config
     grid = config.image_size // config.patch_size
-    pixel_values = to_pixel_values([e.image for e in examples], config.image_size)
+    pixel_values = to_pixel_values([e.image for e in examples], config.image_size).to(model.device)
     hidden = model.vision_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
     patches = hidden[:, 1:].transpose(1, 2).reshape(len(examples), config.hidden_size, grid, grid)
-    image_index = torch.cat([torch.full((len(e.masks),), i) for i, e in enumerate(examples)])
-    weights = regions.resize(torch.cat([e.masks for e in examples]), grid)
+    image_index = torch.cat([torch.full((len(e.masks),), i) for i, e in enumerate(examples)]).to(model.device)
+    weights = regions.resize(torch.cat([e.masks for e in examples]), grid).to(model.device)
     pooled = regions.mask_pool(patches, weights, image_index)
     return model.visual_projection(model.vision_model.post_layernorm(pooled))
 
 
 def text_features(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> torch.Tensor:
-    tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+    tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(model.device)
     out = model.get_text_features(**tokens)
     return getattr(out, "pooler_output", out)
 
