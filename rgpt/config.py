@@ -108,6 +108,7 @@ class TokenizerParams(_Section):
 
 
 class ClipParams(_Section):
+    vocab_size: int = Field(2048, ge=64)  # its own BPE, on the texts it learns (fewer when they run out of pairs)
     image_size: int = Field(96, ge=16)
     patch_size: int = Field(12, ge=1)
     hidden_size: int = 128
@@ -293,7 +294,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "recap": ("data", "recap"),
     "clip_filter": ("data", "clip_filter", "model"),  # model: vision_feature_layer, the layer the CLIP aligns
     "conversations": ("data", "conversations"),
-    "base_models": ("data", "base_models", "model"),  # model: vision_feature_layer, which CLIP aligns
+    "base_clip": ("data", "base_models", "model"),  # model: vision_feature_layer, which CLIP aligns
+    "base_models": ("data", "base_models"),
     "train_stage1": ("data", "model", "train"),
     "train_stage2": ("data", "model", "train"),
     "evaluate": ("data", "evaluate"),
