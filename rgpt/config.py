@@ -247,7 +247,7 @@ class ThresholdParams(_Section):
     def _in_range(self) -> ThresholdParams:
         low, high = (0.0, 100.0) if self.kind == "percentile" else (-1.0, 1.0)
         if not low <= self.value <= high:
-            raise ValueError(f"a {self.kind} threshold must lie in [{low:g}, {high:g}], got {self.value:g}")
+            raise ValueError(f"a threshold of kind {self.kind} must lie in [{low:g}, {high:g}], got {self.value:g}")
         return self
 
 
