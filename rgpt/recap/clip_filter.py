@@ -64,7 +64,6 @@ METRICS = FILTER_REPORTS / "metrics.json"
 
 AGGREGATIONS = ("mean", "min", "max", "first")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-Key = tuple[str, Any, int]  # (dataset, image id, region id)
 
 
 class CaptionFileError(ValueError):
