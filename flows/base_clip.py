@@ -1,8 +1,9 @@
 """dvc stage `base_clip`: the CLIP RecapD's filter scores with and RGPT's vision tower comes from.
 
-Embedded: trained here on the validated regions of whole images, with its own tokenizer (a few
-CPU minutes). Paper: CLIP ViT-L/14-336 snapshotted from the Hugging Face hub (HF_TOKEN from the
-environment). It runs before the instruction data, which clip_filter's captions go into.
+Embedded: trained here on the validated regions of whole images, with its own tokenizer (which
+also learns the words of the RecapD captions; a few CPU minutes). Paper: CLIP ViT-L/14-336
+snapshotted from the Hugging Face hub (HF_TOKEN from the environment). It runs before the
+instruction data, which clip_filter's captions go into.
 """
 
 from prefect import flow

@@ -241,7 +241,7 @@ class ThresholdParams(_Section):
     kind: Literal["percentile", "absolute"] = "percentile"
     # percentile: the cutoff is this percentile (0-100) of the run's scores, so about this share of
     # the captions is dropped whatever the CLIP's score scale; absolute: the cutoff is this cosine
-    value: float = 20.0
+    value: float = 19.0
 
     @model_validator(mode="after")
     def _in_range(self) -> ThresholdParams:

@@ -300,8 +300,10 @@ def stage_inputs(corpus, tmp_path_factory):
 
 def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path):
     out = tmp_path / "base_models"
+    captions = tmp_path / "captions.jsonl"  # what recap writes; its words go into the CLIP's tokenizer
+    captions.write_text(json.dumps({"caption": "Its outline is one smooth curve."}) + "\n")
     clip_manifest = base.build_base_clip(tiny_params(corpus), out / "clip", validated=stage_inputs / "validate",
-                                         progress=False)
+                                         captions=captions, progress=False)
     clip_files = {p.name: p.read_bytes() for p in (out / "clip").iterdir()}
     manifest = base.build_base_models(tiny_params(corpus), out, conversations=stage_inputs / "conversations",
                                       progress=False)
@@ -320,6 +322,7 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
     assert clip.config.text_config.vocab_size == len(clip_tokenizer) == clip_manifest["clip"]["vocab_size"]
     assert clip.config.text_config.eos_token_id == 3 and clip_tokenizer("red circle").input_ids[-1] == 3
     assert len(clip_tokenizer("red circle").input_ids) == 4  # <s> red circle </s>
+    assert clip_manifest["clip"]["tokenizer_descriptions"] == 1
     llm = LlamaForCausalLM.from_pretrained(out / "llm")
     assert llm.config.vocab_size == len(tokenizer) and llm.config.max_position_embeddings == TINY_LLM.max_length
     assert AutoTokenizer.from_pretrained(out / "llm").get_vocab() == tokenizer.get_vocab()
@@ -329,6 +332,16 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
     assert clip_manifest["clip"]["zero_shot_regions"] == sum(len(r.regions) for r in val.records)
     assert 0 <= clip_manifest["clip"]["zero_shot_accuracy"] <= 1
     assert manifest["llm"]["heldout_conversations"] > 0 and manifest["llm"]["heldout_perplexity"] > 1
+
+
+def test_the_clips_tokenizer_keeps_the_words_of_the_descriptions_it_will_score_whole():
+    names = ["red circle", "blue square", "green star"] * 3
+    alone = base.clip_tokenizer(names, [], vocab_size=600)  # room for every word of both
+    with_captions = base.clip_tokenizer(names, ["Its outline is smooth.", "The outline is clean."] * 3, vocab_size=600)
+    assert alone.tokenize("red circle") == with_captions.tokenize("red circle") == ["Ġred", "Ġcircle"]
+    assert with_captions.tokenize("outline") == ["Ġoutline"]  # a word of its own, not pieces of names
+    assert len(alone.tokenize("outline")) > 2
+    assert with_captions("outline").input_ids[0] == 2 and with_captions("outline").input_ids[-1] == 3  # <s> </s>
 
 
 def test_the_stages_refuse_to_replace_a_folder_they_did_not_write(corpus, tmp_path):

@@ -241,7 +241,8 @@ def stage_dir(corpus, tmp_path_factory):
         params = stage_params(corpus)
         stages.run_recap(params.model_copy(update={"recap": params.recap.model_copy(
             update={"shards": 2, "standin": QUIET})}), progress=False)
-        base.build_base_clip(params, cf.CLIP, validated=root / "outputs/validate", progress=False)
+        base.build_base_clip(params, cf.CLIP, validated=root / "outputs/validate", captions=stages.CAPTIONS,
+                             progress=False)
     return root
 
 
@@ -269,10 +270,11 @@ def test_the_stage_keeps_the_captions_at_or_above_the_cutoff_and_measures_itself
 
     # every caption scored over its chunks; kept exactly when its score reaches the percentile cutoff
     scores = np.array([r["clip_score"] for r in rows])
-    cut = np.percentile(scores, 20)
-    assert m["threshold"] == {"kind": "percentile", "value": 20.0, "cutoff": pytest.approx(cut, abs=1e-6)}
+    value = load_params(REPO / "params.yaml").clip_filter.threshold.value
+    cut = np.percentile(scores, value)
+    assert m["threshold"] == {"kind": "percentile", "value": value, "cutoff": pytest.approx(cut, abs=1e-6)}
     assert [r["kept"] for r in rows] == [bool(s >= m["threshold"]["cutoff"]) for s in scores]
-    assert m["dropped"] == int((scores < cut).sum()) and abs(m["dropped"] - 0.2 * len(rows)) <= 1
+    assert m["dropped"] == int((scores < cut).sum()) and abs(m["dropped"] - value / 100 * len(rows)) <= 1
     for row, caption in zip(rows, captions):
         chunks = cf.chunk_caption(caption["caption"], load_tokenizer(), 77)
         assert len(row["chunk_scores"]) == len(chunks) >= 5

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..config import Params
 from ..reports import pyplot, write_csv
-from .images import crop_region, png_data_url
+from .images import crop_box, crop_region, png_data_url
 
 GALLERY_SEED = 0
 GALLERY_CONTEXT = 0.5  # the crop shown: the region with half its size around it, as the VLM saw it
@@ -84,28 +84,34 @@ def plot_removal_curve(curve: list[dict[str, float]], chosen: dict[str, Any], n:
     return path
 
 
-def words_table(before: Sequence[int], after: Sequence[int], width: int = 5) -> list[dict[str, int]]:
-    """Captions per words-per-caption bin (`width` words wide), before and after filtering."""
+def word_bin_width(words: Sequence[int], bins: int = 25) -> int:
+    """Whole words per bin: 1, or as many as keep the histogram to about `bins` bins."""
+    return max(1, -(-(max(words) - min(words) + 1) // bins)) if words else 1
+
+
+def words_table(before: Sequence[int], after: Sequence[int]) -> list[dict[str, int]]:
+    """Captions per words-per-caption bin (`words`: its first word count), before and after filtering."""
     if not before:
         return []
-    lo = min(before) // width * width
-    edges = range(lo, max(before) + width, width)
+    width = word_bin_width(before)
+    edges = range(min(before), max(before) + 1, width)
     return [{"words": edge, "before": sum(edge <= n < edge + width for n in before),
              "after": sum(edge <= n < edge + width for n in after)} for edge in edges]
 
 
 def plot_words(before: Sequence[int], after: Sequence[int], path: Path) -> Path:
-    """Words per caption before and after filtering (the paper's Table 2 column), means marked."""
+    """Words per caption before and after filtering (the paper's Table 2 column), side by side per
+    bin of whole word counts, the means in the legend."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.histogram_bin_edges(before, bins=25) if before else 10
-    for values, label, colour in ((before, "before", "tab:grey"), (after, "after (kept)", "tab:green")):
-        if values:
-            mean = float(np.mean(values))
-            ax.hist(values, bins=bins, alpha=0.6, color=colour, label=f"{label}: {len(values)}, mean {mean:.1f}")
-            ax.axvline(mean, color=colour, linestyle="--")
+    if before:
+        width = word_bin_width(before)
+        edges = np.arange(min(before), max(before) + width + 1, width) - 0.5  # bins centred on whole counts
+        labels = [f"{name}: {len(v)} captions, mean {np.mean(v):.1f}" if v else f"{name}: none"
+                  for name, v in (("before", before), ("after (kept)", after))]
+        ax.hist([before, after], bins=edges, color=["tab:grey", "tab:green"], label=labels)
+        ax.legend()
     ax.set(xlabel="words per caption", ylabel="captions", title="clip_filter: words per caption")
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -125,13 +131,18 @@ def gallery_sample(rows: Sequence[dict[str, Any]], per_side: int) -> list[int]:
 
 def write_gallery(captions: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], data_root: Path,
                   per_side: int, path: Path) -> Path:
-    """One self-contained HTML page: each drawn caption beside its region's crop (the box drawn in
-    context), its score, chunk scores, kept or dropped, and the truth where it is known."""
+    """One self-contained HTML page: each drawn caption beside its region's crop (with the margin the
+    VLM saw, the box outlined in magenta), its score, chunk scores, kept or dropped, and the truth
+    where it is known."""
     cards = []
     for i in gallery_sample(rows, per_side):
         caption, row = captions[i], rows[i]
         with Image.open(data_root / caption["file_name"]) as raw:
-            crop = crop_region(raw, caption["box"], GALLERY_CONTEXT)
+            image = raw.convert("RGB")
+        crop = crop_region(image, caption["box"], GALLERY_CONTEXT)
+        left, top, _, _ = crop_box(caption["box"], image.width, image.height, GALLERY_CONTEXT)
+        x, y, w, h = caption["box"]
+        ImageDraw.Draw(crop).rectangle([x - left, y - top, x - left + w - 1, y - top + h - 1], outline=(255, 0, 255))
         truth = ""
         if "corruption" in row:
             truth = f"<br>truth: <b>{html.escape(row['corruption'] or 'truthful')}</b>"

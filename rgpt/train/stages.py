@@ -122,12 +122,13 @@ def plot_loss(steps: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 
 def run_base_clip(params: Params) -> StageResult:
-    """base_models/clip/: the CLIP and its tokenizer, trained on the validated regions (embedded)
-    or fetched (paper)."""
+    """base_models/clip/: the CLIP and its tokenizer, trained on the validated regions (its
+    tokenizer also on the RecapD captions' words) here (embedded), or fetched (paper)."""
     from ..data.stages import VALIDATED
     from ..model.base import CLIP_DIR, build_base_clip
+    from ..recap.stages import CAPTIONS
 
-    manifest = build_base_clip(params, BASE_MODELS / CLIP_DIR, validated=VALIDATED)
+    manifest = build_base_clip(params, BASE_MODELS / CLIP_DIR, validated=VALIDATED, captions=CAPTIONS)
     metrics = manifest.get("clip", {})
     return StageResult(metrics, {"metrics.json": write_json(REPORTS / "base_clip" / "metrics.json", metrics)})
 
