@@ -1,7 +1,7 @@
-"""dvc stage `base_models`: the tokenizer, CLIP and LLM RGPT starts from.
+"""dvc stage `base_models`: the tokenizer and the LLM RGPT starts from (the CLIP is base_clip's).
 
-Embedded: trained here on the corpus (a few CPU minutes). Paper: CLIP ViT-L/14-336 and
-Vicuna-7B v1.5 snapshotted from the Hugging Face hub (HF_TOKEN from the environment).
+Embedded: trained here on the conversations (a few CPU minutes). Paper: Vicuna-7B v1.5
+snapshotted from the Hugging Face hub (HF_TOKEN from the environment).
 """
 
 from prefect import flow

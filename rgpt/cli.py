@@ -158,12 +158,17 @@ def data_show(dataset: str = typer.Argument(..., help="v3det | vg | coco | lvis 
 @recap_app.command("stats")
 def recap_stats(captions: Path = typer.Option(Path("outputs/recap/captions.jsonl"), help="the recap stage's captions"),
                 metrics: Path = typer.Option(Path("reports/recap/metrics.json"), help="the recap stage's metrics"),
+                filtered: Path = typer.Option(Path("outputs/clip_filter/captions.jsonl"),
+                                              help="the captions clip_filter kept (shown when present)"),
+                filter_metrics: Path = typer.Option(Path("reports/clip_filter/metrics.json"),
+                                                    help="the clip_filter stage's metrics (shown when present)"),
                 bins: int = typer.Option(10, help="bars in the words-per-caption histogram")) -> None:
-    """Regions captioned, API calls, tokens, retries, failures by reason, cache hits, words per caption."""
+    """Regions captioned, API calls, tokens, retries, failures by reason, cache hits, words per caption;
+    and, once the clip_filter stage has run, what it kept and dropped (and how well, where the truth is known)."""
     import json
 
     from .data.records import read_jsonl
-    from .recap.stats import text_histogram
+    from .recap.stats import filter_rows, text_histogram
 
     for path in (captions, metrics):
         if not path.exists():
@@ -182,6 +187,14 @@ def recap_stats(captions: Path = typer.Option(Path("outputs/recap/captions.jsonl
         table.add_row("words per caption", f"mean {sum(words) / len(words):.1f}, min {min(words)}, max {max(words)}")
     console.print(table)
     console.print(text_histogram(words, bins=bins))
+    if filter_metrics.exists():
+        table = Table("clip_filter", "value")
+        for name, value in filter_rows(json.loads(filter_metrics.read_text())):
+            table.add_row(name, value)
+        console.print(table)
+    if filtered.exists():
+        kept = [len(row["caption"].split()) for row in read_jsonl(filtered)]
+        console.print(text_histogram(kept, bins=bins, title="words per caption, kept by clip_filter"))
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ class TokenizerParams(_Section):
 
 
 class ClipParams(_Section):
+    vocab_size: int = Field(2048, ge=64)  # its own BPE, on the texts it learns (fewer when they run out of pairs)
     image_size: int = Field(96, ge=16)
     patch_size: int = Field(12, ge=1)
     hidden_size: int = 128
@@ -234,6 +235,34 @@ class RecapParams(_Section):
         return v.rstrip("/")
 
 
+class ThresholdParams(_Section):
+    """Where clip_filter cuts: a caption is kept when its score is at least the cutoff."""
+
+    kind: Literal["percentile", "absolute"] = "percentile"
+    # percentile: the cutoff is this percentile (0-100) of the run's scores, so about this share of
+    # the captions is dropped whatever the CLIP's score scale; absolute: the cutoff is this cosine
+    value: float = 19.0
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ThresholdParams:
+        low, high = (0.0, 100.0) if self.kind == "percentile" else (-1.0, 1.0)
+        if not low <= self.value <= high:
+            raise ValueError(f"a threshold of kind {self.kind} must lie in [{low:g}, {high:g}], got {self.value:g}")
+        return self
+
+
+class ClipFilterParams(_Section):
+    """RecapD's CLIP filter (paper Sec. 3.3): each region against its caption, the low ones dropped."""
+
+    region_input: Literal["mask", "crop"] = "mask"  # mask: pooled from the whole image, as RGPT sees a region
+    context: float = Field(0.0, ge=0)  # crop only: the box enlarged by this share of its size on each side
+    aggregation: Literal["mean", "min", "max", "first"] = "first"  # a long caption's chunk scores -> one score
+    threshold: ThresholdParams = ThresholdParams()
+    batch_size: int = Field(32, ge=1)  # captions per forward pass (their images and all their chunks)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when there is one
+    gallery: int = Field(12, ge=0)  # captions shown in the gallery, kept and dropped each
+
+
 class Params(_Section):
     profile: Literal["embedded", "paper"]
     data: DataParams
@@ -247,6 +276,7 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams = EvaluateParams()
     recap: RecapParams = RecapParams()
+    clip_filter: ClipFilterParams = ClipFilterParams()
 
     def stage_params(self, stage: str) -> dict[str, Any]:
         """The sections a stage reads, as plain JSON-ready values (for logging and hashing)."""
@@ -262,8 +292,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "validate": ("data", "validate"),
     "balance": ("balance",),
     "recap": ("data", "recap"),
+    "clip_filter": ("data", "clip_filter", "model"),  # model: vision_feature_layer, the layer the CLIP aligns
     "conversations": ("data", "conversations"),
-    "base_models": ("data", "base_models", "model"),  # model: vision_feature_layer, which CLIP aligns
+    "base_clip": ("data", "base_models", "model"),  # model: vision_feature_layer, which CLIP aligns
+    "base_models": ("data", "base_models"),
     "train_stage1": ("data", "model", "train"),
     "train_stage2": ("data", "model", "train"),
     "evaluate": ("data", "evaluate"),

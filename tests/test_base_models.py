@@ -300,34 +300,57 @@ def stage_inputs(corpus, tmp_path_factory):
 
 def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path):
     out = tmp_path / "base_models"
-    manifest = base.build_base_models(tiny_params(corpus), out, validated=stage_inputs / "validate",
-                                      conversations=stage_inputs / "conversations", progress=False)
+    captions = tmp_path / "captions.jsonl"  # what recap writes; its words go into the CLIP's tokenizer
+    captions.write_text(json.dumps({"caption": "Its outline is one smooth curve."}) + "\n")
+    clip_manifest = base.build_base_clip(tiny_params(corpus), out / "clip", validated=stage_inputs / "validate",
+                                         captions=captions, progress=False)
+    clip_files = {p.name: p.read_bytes() for p in (out / "clip").iterdir()}
+    manifest = base.build_base_models(tiny_params(corpus), out, conversations=stage_inputs / "conversations",
+                                      progress=False)
     assert json.loads((out / "base_models.json").read_text()) == manifest
+    assert json.loads((out / "clip" / "base_clip.json").read_text()) == clip_manifest
     assert sorted(p.name for p in out.iterdir()) == ["base_models.json", "clip", "llm", "tokenizer"]
+    assert {p.name: p.read_bytes() for p in (out / "clip").iterdir()} == clip_files  # the LLM's stage leaves it be
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     assert manifest["tokenizer"] == {"vocab_size": len(tokenizer), "image_token_id": 4, "region_token_id": 5,
                                      "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
-    assert manifest["source"] == "train" and manifest["params"]["clip"] == STAGE_CLIP.model_dump()
+    assert manifest["source"] == "train" and "clip" not in manifest
+    assert clip_manifest["source"] == "train" and clip_manifest["params"] == STAGE_CLIP.model_dump()
 
+    # the CLIP has its own tokenizer, learnt from the names and phrases it reads: a name is a token a word
     clip, clip_tokenizer = CLIPModel.from_pretrained(out / "clip"), AutoTokenizer.from_pretrained(out / "clip")
-    assert clip.config.text_config.vocab_size == len(tokenizer) and clip.config.text_config.eos_token_id == 3
-    assert clip_tokenizer("red circle").input_ids[-1] == 3
+    assert clip.config.text_config.vocab_size == len(clip_tokenizer) == clip_manifest["clip"]["vocab_size"]
+    assert clip.config.text_config.eos_token_id == 3 and clip_tokenizer("red circle").input_ids[-1] == 3
+    assert len(clip_tokenizer("red circle").input_ids) == 4  # <s> red circle </s>
+    assert clip_manifest["clip"]["tokenizer_descriptions"] == 1
     llm = LlamaForCausalLM.from_pretrained(out / "llm")
     assert llm.config.vocab_size == len(tokenizer) and llm.config.max_position_embeddings == TINY_LLM.max_length
     assert AutoTokenizer.from_pretrained(out / "llm").get_vocab() == tokenizer.get_vocab()
 
     val = formats.read_split(corpus, "v3det", "val")
-    assert manifest["clip"]["zero_shot_classes"] == 120
-    assert manifest["clip"]["zero_shot_regions"] == sum(len(r.regions) for r in val.records)
-    assert 0 <= manifest["clip"]["zero_shot_accuracy"] <= 1
+    assert clip_manifest["clip"]["zero_shot_classes"] == 120
+    assert clip_manifest["clip"]["zero_shot_regions"] == sum(len(r.regions) for r in val.records)
+    assert 0 <= clip_manifest["clip"]["zero_shot_accuracy"] <= 1
     assert manifest["llm"]["heldout_conversations"] > 0 and manifest["llm"]["heldout_perplexity"] > 1
 
 
-def test_the_stage_refuses_to_replace_a_folder_it_did_not_write(corpus, tmp_path):
+def test_the_clips_tokenizer_keeps_the_words_of_the_descriptions_it_will_score_whole():
+    names = ["red circle", "blue square", "green star"] * 3
+    alone = base.clip_tokenizer(names, [], vocab_size=600)  # room for every word of both
+    with_captions = base.clip_tokenizer(names, ["Its outline is smooth.", "The outline is clean."] * 3, vocab_size=600)
+    assert alone.tokenize("red circle") == with_captions.tokenize("red circle") == ["Ġred", "Ġcircle"]
+    assert with_captions.tokenize("outline") == ["Ġoutline"]  # a word of its own, not pieces of names
+    assert len(alone.tokenize("outline")) > 2
+    assert with_captions("outline").input_ids[0] == 2 and with_captions("outline").input_ids[-1] == 3  # <s> </s>
+
+
+def test_the_stages_refuse_to_replace_a_folder_they_did_not_write(corpus, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="no base_models.json"):
-        base.build_base_models(tiny_params(corpus), tmp_path / "out", validated=tmp_path, conversations=tmp_path)
+        base.build_base_models(tiny_params(corpus), tmp_path / "out", conversations=tmp_path)
+    with pytest.raises(FileExistsError, match="no base_clip.json"):
+        base.build_base_clip(tiny_params(corpus), tmp_path / "out", validated=tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -363,10 +386,11 @@ def test_hub_models_are_laid_out_with_the_extended_tokenizer(corpus, local_hub, 
     params = tiny_params(corpus, source="hub", hub=HubParams(vision="openai/clip", llm="lmsys/vicuna",
                                                              revision="v1").model_dump())
     out = tmp_path / "base_models"
-    manifest = base.build_base_models(params, out, validated=tmp_path, conversations=tmp_path, snapshot=snapshot)
+    clip_manifest = base.build_base_clip(params, out / "clip", validated=tmp_path, snapshot=snapshot)
+    manifest = base.build_base_models(params, out, conversations=tmp_path, snapshot=snapshot)
     assert fetched == [("openai/clip", "v1"), ("lmsys/vicuna", "v1")]
-    assert manifest["hub"] == {"clip": {"repo": "openai/clip", "revision": "v1", "commit": "commit-of-openai/clip"},
-                               "llm": {"repo": "lmsys/vicuna", "revision": "v1", "commit": "commit-of-lmsys/vicuna"}}
+    assert clip_manifest["hub"] == {"repo": "openai/clip", "revision": "v1", "commit": "commit-of-openai/clip"}
+    assert manifest["hub"] == {"llm": {"repo": "lmsys/vicuna", "revision": "v1", "commit": "commit-of-lmsys/vicuna"}}
     vicuna = AutoTokenizer.from_pretrained(local_hub / "lmsys" / "vicuna")
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     assert tokenizer.convert_tokens_to_ids(["<image>", "<region>"]) == [len(vicuna), len(vicuna) + 1]

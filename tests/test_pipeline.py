@@ -21,6 +21,7 @@ from rgpt.data.formats import SPLITS
 from rgpt.data.records import DatasetSplit, read_jsonl
 from rgpt.data.validate import DataContractError, check_gate
 from rgpt.eval import stages as eval_stages
+from rgpt.recap import clip_filter
 from rgpt.recap import stages as recap_stages
 from rgpt.train import stages as train_stages
 
@@ -49,8 +50,11 @@ def test_dvc_yaml_matches_the_stage_code():
     expected_outs = {"validate": {str(stages.VALIDATED), str(stages.QUARANTINE)},
                      "balance": {str(stages.BALANCED)},
                      "recap": {str(recap_stages.RECAP)},
+                     "base_clip": {str(clip_filter.CLIP)},
+                     "clip_filter": {str(clip_filter.FILTERED)},
                      "conversations": {str(stages.CONVERSATIONS), str(stages.CONVERSATION_QUARANTINE)},
-                     "base_models": {str(train_stages.BASE_MODELS)},
+                     "base_models": {str(train_stages.BASE_MODELS / part) for part in ("tokenizer", "llm",
+                                                                                        "base_models.json")},
                      "train_stage1": {str(train_stages.MODELS / "stage1")},
                      "train_stage2": {str(train_stages.MODELS / "stage2")},
                      "evaluate": {str(eval_stages.OUTPUTS)}}
@@ -206,8 +210,8 @@ def test_make_data_and_dvc_repro_run_the_flows(tmp_path):
         versions = db.execute("SELECT name, version FROM model_versions").fetchall()
         steps = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'loss'").fetchone()[0]
     by_stage = {t["rgpt.stage"]: t for t in tags.values() if "rgpt.stage" in t}
-    assert set(by_stage) == {"download", "validate", "balance", "recap", "conversations", "base_models", "train_stage1",
-                             "train_stage2", "evaluate"}
+    assert set(by_stage) == {"download", "validate", "balance", "recap", "base_clip", "clip_filter", "conversations",
+                             "base_models", "train_stage1", "train_stage2", "evaluate"}
     for stage in set(by_stage) - {"download"}:
         t = by_stage[stage]
         assert t["rgpt.data_md5"] == md5 and t["prefect.flow_run_id"] and len(t["rgpt.params_hash"]) == 12

@@ -100,12 +100,17 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """The rows of a JSON Lines file; a broken line raises ValueError naming the file and line."""
+    return (row for _, row in numbered_jsonl(path))
+
+
+def numbered_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, row) for every non-empty line, so a reader can name the line of a bad row."""
     path = Path(path)
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    yield line_no, json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
 

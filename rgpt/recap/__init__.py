@@ -6,4 +6,8 @@
   generate.py  the two-stage protocol over one shard of images, resumable
   standin.py   the embedded stand-in VLM endpoint that knows the synthetic scenes
   stages.py    the `recap` stage: shards, task runner, outputs and metrics
+  stats.py     terminal summaries for `rgpt recap stats`
+  clip_filter.py         the `clip_filter` stage: CLIP scores of regions against their chunked
+                         captions, the cutoff, precision/recall against the stand-in's truth
+  clip_filter_report.py  its plots and gallery
 """

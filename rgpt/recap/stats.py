@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def text_histogram(values: list[int], bins: int = 10, width: int = 40) -> str:
+def text_histogram(values: list[int], bins: int = 10, width: int = 40, title: str = "words per caption") -> str:
     """A histogram as lines of '#' bars: 'lo-hi  count  ####'; empty input gives a one-line note."""
     if not values:
         return "(no captions)"
@@ -13,9 +13,26 @@ def text_histogram(values: list[int], bins: int = 10, width: int = 40) -> str:
     for v in values:
         counts[(v - lo) // step] += 1
     top = max(counts)
-    lines = ["words per caption"]
+    lines = [title]
     for i, n in enumerate(counts):
         start = lo + i * step
         bar = "#" * max(1 if n else 0, round(width * n / top))
         lines.append(f"{start:>5}-{start + step - 1:<5} {n:>7}  {bar}")
     return "\n".join(lines)
+
+
+def filter_rows(m: dict) -> list[tuple[str, str]]:
+    """The clip_filter stage's figures (reports/clip_filter/metrics.json) as (name, value) rows."""
+    t, words = m["threshold"], m["words_per_caption"]
+    rows = [("kept / dropped", f"{m['kept']} / {m['dropped']} of {m['captions']} ({m['kept_share']:.1%} kept)"),
+            ("threshold", f"{t['kind']} {t['value']:g}: cutoff {t['cutoff']:.4f} ({m['aggregation']} of the chunk "
+                          f"scores, region_input {m['region_input']})"),
+            ("words per caption", f"mean {words['before']['mean']:.1f} before, {words['after']['mean']:.1f} after")]
+    if "removal" in m:
+        r, share = m["removal"], m["corrupted_share"]
+        rows += [("corrupted captions removed", f"precision {r['precision']:.3f}, recall {r['recall']:.3f} "
+                                                f"({r['dropped_corrupted']} of {r['corrupted']})"),
+                 ("corrupted share", f"{share['before']:.1%} before, {share['after']:.1%} after"),
+                 ("separation (AUC) by aggregation",
+                  ", ".join(f"{k} {v['auc']:.3f}" for k, v in m["separation"].items()))]
+    return rows

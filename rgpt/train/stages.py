@@ -123,14 +123,30 @@ def plot_loss(steps: list[dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
-def run_base_models(params: Params) -> StageResult:
-    """base_models/: tokenizer, CLIP and LLM, trained here (embedded) or fetched (paper)."""
+def use_every_core() -> None:
+    """The base models train in the stage's one process, so it takes every core (make sets
+    OMP_NUM_THREADS=1 for the training stages' ranks, which would leave all but one idle here)."""
+    torch.set_num_threads(os.cpu_count() or 1)
+
+
+def run_base_clip(params: Params) -> StageResult:
+    """base_models/clip/: the CLIP and its tokenizer, trained on the validated regions (its
+    tokenizer also on the RecapD captions' words) here (embedded), or fetched (paper)."""
     from ..data.stages import VALIDATED
+    from ..model.base import CLIP_DIR, build_base_clip
+    from ..recap.stages import CAPTIONS
+
+    use_every_core()
+    manifest = build_base_clip(params, BASE_MODELS / CLIP_DIR, validated=VALIDATED, captions=CAPTIONS)
+    metrics = manifest.get("clip", {})
+    return StageResult(metrics, {"metrics.json": write_json(REPORTS / "base_clip" / "metrics.json", metrics)})
+
+
+def run_base_models(params: Params) -> StageResult:
+    """base_models/{tokenizer,llm}: trained on the conversations here (embedded) or fetched (paper)."""
     from ..model.base import build_base_models
 
-    # The stage trains in this one process, so it takes every core (make sets OMP_NUM_THREADS=1
-    # for the training stages' ranks, which would leave all but one idle here).
-    torch.set_num_threads(os.cpu_count() or 1)
-    manifest = build_base_models(params, BASE_MODELS, validated=VALIDATED, conversations=CONVERSATIONS)
-    metrics = {k: v for k, v in manifest.items() if k in ("tokenizer", "clip", "llm")}
+    use_every_core()
+    manifest = build_base_models(params, BASE_MODELS, conversations=CONVERSATIONS)
+    metrics = {k: v for k, v in manifest.items() if k in ("tokenizer", "llm")}
     return StageResult(metrics, {"metrics.json": write_json(REPORTS / "base_models" / "metrics.json", metrics)})
