@@ -36,10 +36,23 @@ class ResponseCache:
         self._lock = threading.Lock()
         # autocommit (isolation_level=None): every put is its own transaction, committed when it returns
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, body TEXT NOT NULL, "
                          "created REAL NOT NULL)")
+
+    def _wal(self, tries: int = 50) -> None:
+        """Switch the file to WAL once. Shards open the cache at the same moment, and sqlite answers
+        a concurrent journal-mode switch with 'database is locked' at once (no busy wait): retry."""
+        for attempt in range(tries):
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
