@@ -168,7 +168,7 @@ def recap_stats(captions: Path = typer.Option(Path("outputs/recap/captions.jsonl
     import json
 
     from .data.records import read_jsonl
-    from .recap.stats import filter_rows, text_histogram
+    from .recap.stats import filter_rows, text_histogram, word_counts
 
     for path in (captions, metrics):
         if not path.exists():
@@ -182,7 +182,7 @@ def recap_stats(captions: Path = typer.Option(Path("outputs/recap/captions.jsonl
                         ("tokens (prompt / completion)", f"{client['prompt_tokens']} / {client['completion_tokens']}"),
                         ("failures", f"{m['failed']} {m['failures_by_reason'] or ''}".strip())]:
         table.add_row(name, str(value))
-    words = [len(row["caption"].split()) for row in read_jsonl(captions)]
+    words = word_counts(list(read_jsonl(captions)))
     if words:
         table.add_row("words per caption", f"mean {sum(words) / len(words):.1f}, min {min(words)}, max {max(words)}")
     console.print(table)
@@ -193,7 +193,7 @@ def recap_stats(captions: Path = typer.Option(Path("outputs/recap/captions.jsonl
             table.add_row(name, value)
         console.print(table)
     if filtered.exists():
-        kept = [len(row["caption"].split()) for row in read_jsonl(filtered)]
+        kept = word_counts(list(read_jsonl(filtered)))
         console.print(text_histogram(kept, bins=bins, title="words per caption, kept by clip_filter"))
 
 

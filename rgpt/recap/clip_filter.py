@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from ..reports import write_json
 from ..tracking import StageResult
 from .images import crop_region
 from .stages import CAPTIONS, TRUTH
+from .stats import summary, word_counts
 
 CLIP = Path("base_models") / CLIP_DIR  # the CLIP the base_clip stage writes
 FILTERED = OUTPUTS / "clip_filter"
@@ -402,17 +402,6 @@ def separation(scored: Scored, n: int, corrupted: np.ndarray) -> dict[str, dict[
 # ------------------------------------------------------------------------------------ the stage
 
 
-def _summary(values: Sequence[float], digits: int = 2) -> dict[str, float]:
-    if not values:
-        return {"mean": 0.0, "median": 0.0, "min": 0.0, "max": 0.0}
-    return {"mean": round(statistics.fmean(values), digits), "median": round(statistics.median(values), digits),
-            "min": round(min(values), digits), "max": round(max(values), digits)}
-
-
-def words(captions: Sequence[dict[str, Any]]) -> list[int]:
-    return [len(c["caption"].split()) for c in captions]
-
-
 def filter_metrics(captions: Sequence[dict[str, Any]], scored: Scored, scores: np.ndarray, kept: np.ndarray,
                    cut: float, p: ClipFilterParams, truth: list[str | None] | None,
                    wall_s: float) -> dict[str, Any]:
@@ -423,9 +412,9 @@ def filter_metrics(captions: Sequence[dict[str, Any]], scored: Scored, scores: n
         "kept_share": round(float(kept.mean()), 4) if len(kept) else 0.0,
         "region_input": p.region_input, "aggregation": p.aggregation,
         "threshold": {"kind": p.threshold.kind, "value": p.threshold.value, "cutoff": round(cut, 6)},
-        "clip_score": _summary(scores.tolist(), 4),
-        "chunks_per_caption": _summary(chunks),
-        "words_per_caption": {"before": _summary(words(captions)), "after": _summary(words(after))},
+        "clip_score": summary(scores.tolist(), 4),
+        "chunks_per_caption": summary(chunks),
+        "words_per_caption": {"before": summary(word_counts(captions)), "after": summary(word_counts(after))},
         "wall_s": round(wall_s, 2), "captions_per_s": round(len(captions) / wall_s, 1) if wall_s else 0.0,
     }
     if truth is not None:

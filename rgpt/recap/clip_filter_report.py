@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from ..config import Params
 from ..reports import pyplot, write_csv
 from .images import crop_box, crop_region, png_data_url
+from .stats import word_counts
 
 GALLERY_SEED = 0
 GALLERY_CONTEXT = 0.5  # the crop shown: the region with half its size around it, as the VLM saw it
@@ -24,7 +25,7 @@ def write_reports(figures: dict[str, Any], params: Params, out_dir: Path) -> dic
     """Every plot and the gallery into `out_dir`; returns name -> path (the MLflow artifacts)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     scores, kept, cut, truth = figures["scores"], figures["kept"], figures["cutoff"], figures["truth"]
-    before = [len(c["caption"].split()) for c in figures["captions"]]
+    before = word_counts(figures["captions"])
     after = [n for n, k in zip(before, kept) if k]
     out = {"scores.png": plot_scores(scores, cut, truth, out_dir / "scores.png"),
            "words_per_caption.png": plot_words(before, after, out_dir / "words_per_caption.png"),

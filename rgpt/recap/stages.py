@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import statistics
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from ..tracking import StageResult
 from .cache import request_key
 from .client import ClientConfig, Counters
 from .generate import Shard, ShardJob, ShardResult, caption_shard
+from .stats import summary, word_counts
 
 RECAP = OUTPUTS / "recap"
 CAPTIONS = RECAP / "captions.jsonl"
@@ -167,7 +167,6 @@ class _endpoint:
 def recap_metrics(rows: list[dict[str, Any]], results: list[ShardResult], wall_s: float,
                   standin: dict[str, Any] | None) -> dict[str, Any]:
     ok = [r for r in rows if r["status"] == "ok"]
-    words = [len(r["caption"].split()) for r in ok]
     counters = sum((Counters.from_dict(r.counters) for r in results), Counters())
     metrics = {
         "images": len({(r["dataset"], str(r["image_id"])) for r in rows}),
@@ -175,9 +174,7 @@ def recap_metrics(rows: list[dict[str, Any]], results: list[ShardResult], wall_s
         "failure_ratio": round((len(rows) - len(ok)) / len(rows), 6) if rows else 0.0,
         "failures_by_reason": dict(sorted(Counter(r["reason"] for r in rows if r["status"] != "ok").items())),
         "client": counters.to_dict(),  # this run's calls: a resumed or repeated run shows only what it paid
-        "words_per_caption": {"mean": round(statistics.fmean(words), 2) if words else 0.0,
-                              "median": statistics.median(words) if words else 0,
-                              "min": min(words, default=0), "max": max(words, default=0)},
+        "words_per_caption": summary(word_counts(ok)),
         "prompt_variants": {"global": _histogram(r["global_prompt"] for r in ok),
                             "region": _histogram(r["region_prompt"] for r in ok)},
         "shards": len(results), "wall_s": round(wall_s, 2),

@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+import statistics
+from typing import Any, Sequence
+
+
+def word_counts(captions: Sequence[dict[str, Any]]) -> list[int]:
+    """Words per caption (the paper's Table 2 column), in the captions' order."""
+    return [len(c["caption"].split()) for c in captions]
+
+
+def summary(values: Sequence[float], digits: int = 2) -> dict[str, float]:
+    """mean, median, min and max, rounded; zeros for no values."""
+    if not values:
+        return {"mean": 0.0, "median": 0.0, "min": 0.0, "max": 0.0}
+    return {"mean": round(statistics.fmean(values), digits), "median": round(statistics.median(values), digits),
+            "min": round(min(values), digits), "max": round(max(values), digits)}
+
 
 def text_histogram(values: list[int], bins: int = 10, width: int = 40, title: str = "words per caption") -> str:
     """A histogram as lines of '#' bars: 'lo-hi  count  ####'; empty input gives a one-line note."""
