@@ -164,6 +164,9 @@ class StageTrainParams(_Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    # token: every answer token weighs the same (LLaVA's loss, the paper's) | turn: every answer
+    # turn weighs the same, however many tokens it has (rgpt.train.data.turn_weights)
+    loss_weighting: Literal["token", "turn"] = "token"
 
 
 class TrainParams(_Section):

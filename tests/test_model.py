@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 import rgpt.model  # noqa: F401  (registers the Auto classes)
 from rgpt.model import regions
 from rgpt.model.modeling_rgpt import RGPTForConditionalGeneration
 from rgpt.model.processing_rgpt import IGNORE_INDEX, ProcessorConfig, RGPTProcessor, question_text
+from rgpt.train.data import turn_weights
 from rgpt.train.stages import freeze_for_stage
 
 from conftest import tiny_config
 
 def batch(processor, n_regions=(1, 2)):
     """Two examples: an image with one region, an image with two, each a known conversation."""
-    from PIL import Image
-
     examples = []
     for k in n_regions:
         image = Image.new("RGB", (40, 24), (200, 30, 30))
@@ -103,6 +103,38 @@ def test_labels_cover_only_the_answers(tokenizer, processor):
     assert ids == [tokenizer.bos_token_id] + q1 + a1 + [eos] + q2 + a2 + [eos]
     assert labels == [IGNORE_INDEX] * (1 + len(q1)) + a1 + [eos] + [IGNORE_INDEX] * len(q2) + a2 + [eos]
     assert processor.decode([i for i in labels if i != IGNORE_INDEX]) == "a red circle the blue square"
+
+
+def test_turn_weights_give_each_answer_turn_one_share():
+    x = IGNORE_INDEX
+    labels = torch.tensor([[x, 5, 6, x, x, 7, x],    # a 2-token turn, a 1-token turn
+                           [x, x, 8, 9, 9, 9, x]])   # one 4-token turn
+    w = turn_weights(labels)
+    assert torch.allclose(w, torch.tensor([[0, .5, .5, 0, 0, 1, 0], [0, 0, .25, .25, .25, .25, 0]]))
+    assert w.sum() == 3  # three turns
+
+
+def test_turn_weighted_loss_is_the_mean_of_the_turns_mean_losses(tokenizer, processor):
+    torch.manual_seed(0)
+    model = RGPTForConditionalGeneration(tiny_config(tokenizer)).eval()
+    turns = [("<image>\nWhat is <region>?", "red"),
+             ("Describe <region>.", "a long answer of many words about the red circle on the left")]
+    image = Image.new("RGB", (40, 24), (200, 30, 30))
+    regions_ = [{"box": [4.0, 2.0, 10.0, 8.0], "segmentation": None}] * 2
+    b = processor.collate([processor(turns, image, regions_)])
+    with torch.no_grad():
+        token_mean = model(**b).loss
+        turn_mean = model(**b, label_weights=turn_weights(b["labels"])).loss
+        logits = model(**b).logits[0, :-1]
+    targets = b["labels"][0, 1:]
+    ce = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none")
+    answer = (targets != IGNORE_INDEX).int()
+    edges = torch.nonzero(answer.diff(prepend=torch.zeros(1, dtype=torch.int)) == 1).flatten().tolist()
+    runs = [ce[start:start + int(answer[start:].cumprod(0).sum())] for start in edges]  # each turn's tokens
+    assert len(runs) == 2 and len(runs[0]) < len(runs[1])
+    assert torch.isclose(token_mean, torch.cat(runs).mean())
+    assert torch.isclose(turn_mean, torch.stack([r.mean() for r in runs]).mean())
+    assert not torch.isclose(turn_mean, token_mean)
 
 
 def test_turns_that_do_not_fit_are_dropped_whole(tokenizer, processor):

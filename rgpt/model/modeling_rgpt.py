@@ -26,6 +26,7 @@ from .configuration_rgpt import RGPTConfig
 
 IMAGE_TOKEN = "<image>"
 REGION_TOKEN = "<region>"
+IGNORE_INDEX = -100  # labels that carry no loss (prompt, padding): PyTorch's and Hugging Face's value
 
 
 class FeatureRefinement(nn.Module):
@@ -179,9 +180,18 @@ class RGPTForConditionalGeneration(RGPTPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, region_masks: torch.Tensor | None = None,
                 region_image_index: torch.LongTensor | None = None, labels: torch.LongTensor | None = None,
-                **kwargs) -> CausalLMOutputWithPast:
+                label_weights: torch.Tensor | None = None, **kwargs) -> CausalLMOutputWithPast:
+        """The LLM's output on the fused embeddings; with `labels`, the next-token loss: the mean
+        over labelled tokens, or with `label_weights` (B, T) the weighted mean sum(w * ce) / sum(w)."""
         inputs_embeds = self.embed_multimodal(input_ids, pixel_values, region_masks, region_image_index)
-        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if label_weights is None:
+            return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
+                                       **kwargs)
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        logits, targets, weights = out.logits[:, :-1], labels[:, 1:], label_weights[:, 1:]  # predict t+1 from t
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+        out.loss = (ce * weights.flatten()).sum() / weights.sum()
+        return out
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,

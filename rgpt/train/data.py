@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data.conversations import read_conversations
-from ..model.processing_rgpt import RGPTProcessor
+from ..model.processing_rgpt import IGNORE_INDEX, RGPTProcessor
 
 
 def sample_turns(sample: dict[str, Any]) -> list[tuple[str, str]]:
@@ -21,10 +21,34 @@ def sample_turns(sample: dict[str, Any]) -> list[tuple[str, str]]:
     return [(q["value"], a["value"]) for q, a in zip(turns[0::2], turns[1::2])]
 
 
-class ConversationDataset(Dataset):
-    """Samples of one conversations file; `lengths` (tokens) lets the sampler group similar ones."""
+def turn_weights(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) loss weights that make every answer turn count the same: 1 / (its tokens) on each
+    label of a turn (a run of labels that are not IGNORE_INDEX), 0 elsewhere.
 
-    def __init__(self, path: str | Path, data_root: str | Path, processor: RGPTProcessor):
+    With the token-mean loss, a two-token classification answer weighs 1/60 of a 120-token
+    RecapD description; the embedded model then learns the descriptions' wording long before it
+    learns to read the region slot that the short answers depend on (README: "What the embedded
+    model learns").
+    """
+    answer = labels != IGNORE_INDEX
+    starts = answer & ~torch.cat([torch.zeros_like(answer[:, :1]), answer[:, :-1]], dim=1)
+    turn = torch.cumsum(starts.flatten().long(), 0).view_as(labels) * answer  # 1, 2, ...; 0: no label
+    tokens = torch.bincount(turn.flatten(), minlength=int(starts.sum()) + 1).float()
+    return torch.where(answer, 1.0 / tokens[turn], torch.zeros((), dtype=torch.float))
+
+
+class ConversationDataset(Dataset):
+    """Samples of one conversations file; `lengths` (tokens) lets the sampler group similar ones.
+
+    loss_weighting "turn" adds `label_weights` (`turn_weights`) to every batch; "token" leaves
+    the model's own token-mean loss.
+    """
+
+    def __init__(self, path: str | Path, data_root: str | Path, processor: RGPTProcessor,
+                 loss_weighting: str = "token"):
+        if loss_weighting not in ("token", "turn"):
+            raise ValueError(f"loss_weighting must be token or turn, got {loss_weighting!r}")
+        self.loss_weighting = loss_weighting
         self.samples = read_conversations(path)
         if not self.samples:
             raise ValueError(f"{path} holds no conversations: run the conversations stage first")
@@ -45,4 +69,7 @@ class ConversationDataset(Dataset):
             raise ValueError(f"sample {sample['id']} ({path}): {e}") from e
 
     def collate(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return self.processor.collate(examples)
+        batch = self.processor.collate(examples)
+        if self.loss_weighting == "turn":
+            batch["label_weights"] = turn_weights(batch["labels"])
+        return batch

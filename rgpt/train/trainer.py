@@ -59,7 +59,8 @@ class TrainConfig:
     @classmethod
     def from_params(cls, train: TrainParams, stage: StageTrainParams) -> TrainConfig:
         """One stage's config from params.yaml's `train` section, e.g. `(p.train, p.train.stage1)`."""
-        return cls(**stage.model_dump(), micro_batch_size=train.micro_batch_size,
+        # loss_weighting is the data's business (ConversationDataset), not the loop's
+        return cls(**stage.model_dump(exclude={"loss_weighting"}), micro_batch_size=train.micro_batch_size,
                    checkpoint_every=train.checkpoint_every, seed=train.seed,
                    deepspeed_config=train.deepspeed_config, length_grouped=train.length_grouped)
 

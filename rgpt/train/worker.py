@@ -82,9 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     freeze_for_stage(model, args.stage)
     if params.train.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    dataset = ConversationDataset(CONVERSATIONS / f"{DATA[args.stage]}.jsonl", params.data.root, processor)
+    stage = stage_params(params, args.stage)
+    dataset = ConversationDataset(CONVERSATIONS / f"{DATA[args.stage]}.jsonl", params.data.root, processor,
+                                  loss_weighting=stage.loss_weighting)
     folder = CHECKPOINTS / f"stage{args.stage}"
-    config = TrainConfig.from_params(params.train, stage_params(params, args.stage))
+    config = TrainConfig.from_params(params.train, stage)
     is_rank0 = int(os.environ.get("RANK", "0")) == 0
     result = train(model, dataset, dataset.collate, config, folder, on_log=mlflow_logger() if is_rank0 else None)
     if result.state_dict is None:  # not rank 0
