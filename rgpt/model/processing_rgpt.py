@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from ..data import masks as mask_codec
 from .image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, to_pixel_values
 from .modeling_rgpt import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
+
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 PROCESSOR_CONFIG = "processor_config.json"
