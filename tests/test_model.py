@@ -123,9 +123,9 @@ def test_turn_weighted_loss_is_the_mean_of_the_turns_mean_losses(tokenizer, proc
     regions_ = [{"box": [4.0, 2.0, 10.0, 8.0], "segmentation": None}] * 2
     b = processor.collate([processor(turns, image, regions_)])
     with torch.no_grad():
-        token_mean = model(**b).loss
+        out = model(**b)
         turn_mean = model(**b, label_weights=turn_weights(b["labels"])).loss
-        logits = model(**b).logits[0, :-1]
+    token_mean, logits = out.loss, out.logits[0, :-1]
     targets = b["labels"][0, 1:]
     ce = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none")
     answer = (targets != IGNORE_INDEX).int()
