@@ -7,14 +7,22 @@ prompts, `rgpt.data.conversations`), one question per one-turn conversation:
     category names."; right when the answer is the category name (case and spaces aside);
   * REC: RefCOCOg val expressions with the image's regions as proposals, "... Answer the question
     using the template Region [x]."; right when "Region [k]" names the target.
+
+Beside the accuracy, how much the model reads its regions: the right answers' loss (teacher-forced,
+nats per token) with every region's embedding moved to the next region of the batch, minus the loss
+with the true regions (`region_reliance`). A model that answers from the question and the class
+prior alone loses nothing when its regions are wrong (0); one that reads them loses much.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from PIL import Image
@@ -22,7 +30,7 @@ from PIL import Image
 from ..data.conversations import classification_turns, rec_turns
 from ..data.records import DatasetSplit
 from ..data.templates import IMAGE, load_templates
-from ..model.inference import Request, answer
+from ..model.inference import Request, answer, answer_losses
 from ..model.modeling_rgpt import RGPTForConditionalGeneration
 from ..model.processing_rgpt import RGPTProcessor
 
@@ -64,20 +72,51 @@ def is_right(task: str, prediction: str, expected: str) -> bool:
     return normalise(prediction) == normalise(expected)
 
 
-def answer_questions(model: RGPTForConditionalGeneration, processor: RGPTProcessor, questions: list[Question],
-                     data_root: str | Path, batch_size: int = 16) -> list[str]:
-    requests = []
+def requests(questions: list[Question], data_root: str | Path, with_answers: bool = False) -> list[Request]:
+    """One request per question; `with_answers`: the right answer given, to be scored."""
+    out = []
     for q in questions:
         with Image.open(Path(data_root) / q.image) as image:
-            requests.append(Request(image.convert("RGB"), [(q.question, None)], q.regions))
-    return answer(model, processor, requests, batch_size=batch_size, max_new_tokens=16)
+            out.append(Request(image.convert("RGB"), [(q.question, q.answer if with_answers else None)], q.regions))
+    return out
 
 
-def heldout_metrics(questions: list[Question], answers: list[str]) -> dict[str, float]:
-    """Accuracy per task, and how many questions each had."""
+def answer_questions(model: RGPTForConditionalGeneration, processor: RGPTProcessor, questions: list[Question],
+                     data_root: str | Path, batch_size: int = 16) -> list[str]:
+    return answer(model, processor, requests(questions, data_root), batch_size=batch_size, max_new_tokens=16)
+
+
+@contextmanager
+def regions_rotated(model: RGPTForConditionalGeneration) -> Iterator[None]:
+    """Inside the block every region of a batch gets the embedding of the region before it (the
+    first, the last's): wrong regions of the same kind, each from another object."""
+    encode = model.encode_regions
+    model.encode_regions = lambda *args: encode(*args).roll(1, dims=0)
+    try:
+        yield
+    finally:
+        del model.encode_regions  # the class's method again
+
+
+def answer_loss_pairs(model: RGPTForConditionalGeneration, processor: RGPTProcessor, questions: list[Question],
+                      data_root: str | Path, batch_size: int = 16) -> tuple[list[float], list[float]]:
+    """Each question's right-answer loss with its own regions, and with the regions rotated."""
+    scored = requests(questions, data_root, with_answers=True)
+    true = answer_losses(model, processor, scored, batch_size)
+    with regions_rotated(model):
+        rotated = answer_losses(model, processor, scored, batch_size)
+    return true, rotated
+
+
+def heldout_metrics(questions: list[Question], answers: list[str], losses: list[float],
+                    rotated_losses: list[float]) -> dict[str, float]:
+    """Per task: accuracy, how many questions, the right answers' mean loss and the region reliance
+    (the mean loss with rotated regions minus with the true ones)."""
     metrics: dict[str, float] = {}
     for task in sorted({q.task for q in questions}):
-        pairs = [(q, a) for q, a in zip(questions, answers) if q.task == task]
-        metrics[f"{task}_accuracy"] = sum(is_right(task, a, q.answer) for q, a in pairs) / len(pairs)
-        metrics[f"{task}_questions"] = len(pairs)
+        rows = [i for i, q in enumerate(questions) if q.task == task]
+        metrics[f"{task}_accuracy"] = fmean(is_right(task, answers[i], questions[i].answer) for i in rows)
+        metrics[f"{task}_questions"] = len(rows)
+        metrics[f"{task}_answer_loss"] = fmean(losses[i] for i in rows)
+        metrics[f"{task}_region_reliance"] = fmean(rotated_losses[i] - losses[i] for i in rows)
     return metrics

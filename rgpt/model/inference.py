@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from .modeling_rgpt import RGPTForConditionalGeneration
+from .modeling_rgpt import IGNORE_INDEX, RGPTForConditionalGeneration
 from .processing_rgpt import RGPTProcessor
 
 
@@ -53,3 +54,19 @@ def answer(model: RGPTForConditionalGeneration, processor: RGPTProcessor, reques
            batch_size: int = 16, max_new_tokens: int = 64) -> list[str]:
     """The model's answer text to the last question of each request."""
     return [a.text for a in generate_answers(model, processor, requests, batch_size, max_new_tokens)]
+
+
+@torch.no_grad()
+def answer_losses(model: RGPTForConditionalGeneration, processor: RGPTProcessor, requests: list[Request],
+                  batch_size: int = 16) -> list[float]:
+    """Each request's answers scored teacher-forced (every turn's answer given, none None): the mean
+    cross-entropy of the answer tokens, in nats per token."""
+    model.eval()
+    losses = []
+    for start in range(0, len(requests), batch_size):
+        batch = processor.collate([processor(r.turns, r.image, r.regions) for r in requests[start:start + batch_size]])
+        targets = batch.pop("labels")[:, 1:]  # token t + 1 is predicted from token t
+        logits = model(**batch).logits[:, :-1].float()
+        ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        losses += (ce.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)).tolist()
+    return losses
