@@ -20,7 +20,7 @@ import random
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -72,18 +72,18 @@ def is_right(task: str, prediction: str, expected: str) -> bool:
     return normalise(prediction) == normalise(expected)
 
 
-def requests(questions: list[Question], data_root: str | Path, with_answers: bool = False) -> list[Request]:
-    """One request per question; `with_answers`: the right answer given, to be scored."""
+def requests(questions: list[Question], data_root: str | Path) -> list[Request]:
+    """One request per question, its image loaded."""
     out = []
     for q in questions:
         with Image.open(Path(data_root) / q.image) as image:
-            out.append(Request(image.convert("RGB"), [(q.question, q.answer if with_answers else None)], q.regions))
+            out.append(Request(image.convert("RGB"), [(q.question, None)], q.regions))
     return out
 
 
-def answer_questions(model: RGPTForConditionalGeneration, processor: RGPTProcessor, questions: list[Question],
-                     data_root: str | Path, batch_size: int = 16) -> list[str]:
-    return answer(model, processor, requests(questions, data_root), batch_size=batch_size, max_new_tokens=16)
+def answer_questions(model: RGPTForConditionalGeneration, processor: RGPTProcessor, asked: list[Request],
+                     batch_size: int = 16) -> list[str]:
+    return answer(model, processor, asked, batch_size=batch_size, max_new_tokens=16)
 
 
 @contextmanager
@@ -99,9 +99,10 @@ def regions_rotated(model: RGPTForConditionalGeneration) -> Iterator[None]:
 
 
 def answer_loss_pairs(model: RGPTForConditionalGeneration, processor: RGPTProcessor, questions: list[Question],
-                      data_root: str | Path, batch_size: int = 16) -> tuple[list[float], list[float]]:
-    """Each question's right-answer loss with its own regions, and with the regions rotated."""
-    scored = requests(questions, data_root, with_answers=True)
+                      asked: list[Request], batch_size: int = 16) -> tuple[list[float], list[float]]:
+    """Each question's right-answer loss with its own regions, and with the regions rotated;
+    `asked`: the questions' requests (`requests`), whose images are reused."""
+    scored = [replace(r, turns=[(q.question, q.answer)]) for q, r in zip(questions, asked)]
     true = answer_losses(model, processor, scored, batch_size)
     with regions_rotated(model):
         rotated = answer_losses(model, processor, scored, batch_size)

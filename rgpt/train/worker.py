@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from ..config import Params, load_params
 from ..data.records import DatasetSplit
 from ..data.stages import VALIDATED
-from ..eval.heldout import answer_loss_pairs, answer_questions, heldout_metrics, heldout_questions
+from ..eval.heldout import answer_loss_pairs, answer_questions, heldout_metrics, heldout_questions, requests
 from ..model.modeling_rgpt import RGPTForConditionalGeneration
 from ..model.processing_rgpt import ProcessorConfig, RGPTProcessor
 from .data import ConversationDataset
@@ -64,8 +64,9 @@ def heldout_check(model: RGPTForConditionalGeneration, processor: RGPTProcessor,
     questions = heldout_questions(DatasetSplit.load(VALIDATED, "coco_val"), DatasetSplit.load(VALIDATED, "refcocog_val"),
                                   images=params.train.heldout_images, seed=params.train.seed,
                                   max_proposals=params.conversations.rec_max_proposals)
-    answers = answer_questions(model, processor, questions, params.data.root)
-    losses, rotated = answer_loss_pairs(model, processor, questions, params.data.root)
+    asked = requests(questions, params.data.root)
+    answers = answer_questions(model, processor, asked)
+    losses, rotated = answer_loss_pairs(model, processor, questions, asked)
     return {"metrics": heldout_metrics(questions, answers, losses, rotated),
             "examples": [{"task": q.task, "question": q.question, "expected": q.answer, "answer": a}
                          for q, a in list(zip(questions, answers))[:40]]}
