@@ -182,6 +182,8 @@ class TrainParams(_Section):
     stage1: StageTrainParams
     stage2: StageTrainParams
     heldout_images: int = Field(100, ge=1)  # validation images for the quick held-out check
+    heldout_every: int = Field(0, ge=0)  # optimizer steps between region-reliance checks; 0: none
+    heldout_curve_images: int = Field(10, ge=1)  # validation images each of those checks scores
 
 
 class EvaluateParams(_Section):

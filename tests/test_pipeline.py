@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -35,7 +36,8 @@ TINY_TRAINING = {
                     "llm": {"hidden_size": 64, "num_layers": 1, "num_heads": 1, "intermediate_size": 128,
                             "max_length": 256, "epochs": 1, "batch_size": 16}},
     "model": {"image_tokens": [2, 2], "max_length": 256},
-    "train": {"micro_batch_size": 2, "checkpoint_every": 2, "heldout_images": 3,
+    "train": {"micro_batch_size": 2, "checkpoint_every": 2, "heldout_images": 3, "heldout_every": 1,
+              "heldout_curve_images": 2,
               "stage1": {"global_batch_size": 8, "epochs": 0.15}, "stage2": {"global_batch_size": 8, "epochs": 0.15}},
     "evaluate": {"max_questions": 4, "max_new_tokens": 4},
 }
@@ -209,6 +211,7 @@ def test_make_data_and_dvc_repro_run_the_flows(tmp_path):
             tags.setdefault(run_id, {})[key] = value
         versions = db.execute("SELECT name, version FROM model_versions").fetchall()
         steps = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'loss'").fetchone()[0]
+        checks = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'heldout_classification_region_reliance'").fetchone()[0]
     by_stage = {t["rgpt.stage"]: t for t in tags.values() if "rgpt.stage" in t}
     assert set(by_stage) == {"download", "validate", "balance", "recap", "base_clip", "clip_filter", "conversations",
                              "base_models", "train_stage1", "train_stage2", "evaluate"}
@@ -226,6 +229,11 @@ def test_make_data_and_dvc_repro_run_the_flows(tmp_path):
     assert float(on_version["eval.classification.map"]) == pytest.approx(figures["classification"]["map"], rel=1e-5)
     assert (repo / "reports/evaluate/report.md").read_text().startswith("# RGPT evaluation (embedded profile)")
     assert steps > 2  # per-step losses of both stages
+    # the held-out check during training (every step here), in MLflow and in the stage's curve
+    with open(repo / "reports/train_stage2/heldout.csv") as f:
+        curve = list(csv.DictReader(f))
+    assert [int(c["step"]) for c in curve] == list(range(1, len(curve) + 1)) and checks > len(curve)  # and stage 1's
+    assert all(float(c["heldout_classification_answer_loss"]) > 0 for c in curve)
 
     # one benchmark on its own, on the registered model
     out = run("rgpt", "eval", "rec", "--model", "models:/rgpt/1", "--max-questions", "2", "--out", "eval_rec")

@@ -47,7 +47,11 @@ def zero2_run(tmp_path_factory) -> Path:
 def test_run_trains_only_the_trainable_parameters_and_logs_every_step(zero2_run):
     metrics = read_metrics(zero2_run)
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
-    assert all(set(m) == METRIC_KEYS for m in metrics)
+    # the held-out check every 4 steps (CONFIG.heldout_every), on sequences it never trained on
+    assert [set(m) - METRIC_KEYS for m in metrics] == [set(), set(), set(), {"heldout_loss"}] * 3
+    assert all(METRIC_KEYS <= set(m) for m in metrics)
+    heldout = [m["heldout_loss"] for m in metrics if "heldout_loss" in m]
+    assert heldout[-1] < 0.8 * heldout[0]
     assert metrics[-1]["epoch"] == 1.0
     assert np.mean([m["loss"] for m in metrics[-3:]]) < 0.8 * metrics[0]["loss"]
     # warmup over ceil(0.1 x 12) = 2 steps, then cosine to step 12
@@ -79,6 +83,8 @@ def test_killed_run_resumes_to_the_same_losses_and_weights(zero2_run, tmp_path):
     assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))  # steps 5 and 6 logged once
     # bit for bit: same batches, same optimizer state, same dropout masks (the RNG is restored)
     assert [m["loss"] for m in resumed] == [m["loss"] for m in uninterrupted]
+    # the held-out check runs in eval mode and draws no RNG: it does not change what is trained
+    assert [m.get("heldout_loss") for m in resumed] == [m.get("heldout_loss") for m in uninterrupted]
     assert json.loads((tmp_path / "result.json").read_text())["resumed_from"] == 4
     resumed_weights, weights = torch.load(tmp_path / "export.pt"), torch.load(zero2_run / "export.pt")
     assert all(torch.equal(resumed_weights[k], weights[k]) for k in weights)

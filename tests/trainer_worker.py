@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 VOCAB = 32
 NUM_SAMPLES = 96
 CONFIG = TrainConfig(learning_rate=1e-2, global_batch_size=8, micro_batch_size=2, epochs=1, warmup_ratio=0.1,
-                     weight_decay=0.1, checkpoint_every=4, seed=0)
+                     weight_decay=0.1, checkpoint_every=4, heldout_every=4, seed=0)
 
 
 @dataclass
@@ -104,8 +104,13 @@ def main() -> None:
         if record["step"] == args.kill_after_step:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    heldout_batch = collate(list(CountingDataset(num_samples=16, seed=1)))  # sequences the run never trains on
+
+    def heldout(model: TinyLM) -> dict[str, float]:
+        return {"heldout_loss": model(**heldout_batch).loss.item()}
+
     config = replace(CONFIG, deepspeed_config=REPO / f"infra/deepspeed/zero{args.zero}.json")
-    result = train(build_model(), CountingDataset(), collate, config, args.output_dir, on_log=on_log)
+    result = train(build_model(), CountingDataset(), collate, config, args.output_dir, on_log=on_log, heldout=heldout)
     if result.state_dict is not None:
         torch.save(result.state_dict, args.output_dir / "export.pt")
         summary = {"steps": result.steps, "resumed_from": result.resumed_from,

@@ -92,7 +92,8 @@ def run_stage(params: Params, stage: int, env: dict[str, str] | None = None) -> 
 
 def report_stage(stage: int) -> StageResult:
     """reports/train_stageN/: metrics.json (final loss, throughput, parameter counts, held-out
-    accuracy), the loss curve as CSV (DVC plots) and PNG, and held-out examples."""
+    accuracy), the loss curve and the held-out region-reliance curve as CSV (DVC plots) and PNG,
+    and held-out examples."""
     folder, reports = CHECKPOINTS / f"stage{stage}", REPORTS / f"train_stage{stage}"
     steps = list(read_jsonl(folder / "metrics.jsonl"))
     result = json.loads((folder / "result.json").read_text())
@@ -102,21 +103,33 @@ def report_stage(stage: int) -> StageResult:
                "final_loss": sum(s["loss"] for s in tail) / len(tail),
                "samples_per_s": sum(s["samples_per_s"] for s in steps) / len(steps),
                "tokens_per_s": sum(s.get("tokens_per_s", 0.0) for s in steps) / len(steps)}
+    curve = [{"step": s["step"], **{k: v for k, v in s.items() if k.startswith("heldout_")}}
+             for s in steps if any(k.startswith("heldout_") for k in s)]
     return StageResult(metrics, {
         "metrics.json": write_json(reports / "metrics.json", metrics),
         "loss.csv": write_csv(reports / "loss.csv", [{k: s[k] for k in ("step", "loss", "lr")} for s in steps]),
-        "loss.png": plot_loss(steps, reports / "loss.png", f"train_stage{stage}"),
+        "heldout.csv": write_csv(reports / "heldout.csv", curve),
+        "loss.png": plot_loss(steps, curve, reports / "loss.png", f"train_stage{stage}"),
         "heldout_examples.json": write_json(reports / "heldout_examples.json", heldout["examples"]),
     })
 
 
-def plot_loss(steps: list[dict[str, Any]], path: Path, title: str) -> Path:
+def plot_loss(steps: list[dict[str, Any]], curve: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Loss, learning rate and (when checked during training) the held-out region reliance."""
     plt = pyplot()
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, (ax_loss, ax_lr, ax_reliance) = plt.subplots(1, 3, figsize=(13, 3.2))
     ax_loss.plot([s["step"] for s in steps], [s["loss"] for s in steps])
     ax_loss.set(title=f"{title}: loss", xlabel="optimizer step", ylabel="loss")
     ax_lr.plot([s["step"] for s in steps], [s["lr"] for s in steps])
     ax_lr.set(title="learning rate", xlabel="optimizer step")
+    for key in sorted({k for c in curve for k in c if k.endswith("_region_reliance")}):
+        ax_reliance.plot([c["step"] for c in curve if key in c], [c[key] for c in curve if key in c], marker=".",
+                         label=key.removeprefix("heldout_").removesuffix("_region_reliance"))
+    ax_reliance.axhline(0.0, color="grey", linewidth=0.5)
+    ax_reliance.set(title="held-out region reliance", xlabel="optimizer step",
+                    ylabel="loss(wrong regions) - loss(true)")
+    if curve:
+        ax_reliance.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

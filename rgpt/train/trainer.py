@@ -3,7 +3,9 @@
 The caller builds the model and decides what trains by setting `requires_grad`; `train` trains
 exactly those parameters: AdamW, linear warmup then cosine (or linear, or constant) decay, ZeRO-2
 or ZeRO-3 from a JSON config, a metrics line per optimizer step, and checkpoints that a killed
-run resumes from to the very same losses.
+run resumes from to the very same losses. Every `heldout_every` steps an optional held-out
+check (a callable on the model, e.g. the region reliance of rgpt.eval.heldout) adds its figures
+to the step's metrics line: how a stage learns, not only where it ends.
 
 Batch geometry: global batch = micro batch x gradient accumulation x world size. The global and
 micro batch sizes come from params.yaml; accumulation is derived and must come out whole.
@@ -55,13 +57,14 @@ class TrainConfig:
     deepspeed_config: Path = Path("infra/deepspeed/zero2.json")
     length_grouped: bool = True
     num_workers: int = 1  # DataLoader worker processes per rank; 0 loads in the training process
+    heldout_every: int = 0  # optimizer steps between held-out checks (`train(heldout=...)`); 0: none
 
     @classmethod
     def from_params(cls, train: TrainParams, stage: StageTrainParams) -> TrainConfig:
         """One stage's config from params.yaml's `train` section, e.g. `(p.train, p.train.stage1)`."""
         # loss_weighting is the data's business (ConversationDataset), not the loop's
         return cls(**stage.model_dump(exclude={"loss_weighting"}), micro_batch_size=train.micro_batch_size,
-                   checkpoint_every=train.checkpoint_every, seed=train.seed,
+                   checkpoint_every=train.checkpoint_every, heldout_every=train.heldout_every, seed=train.seed,
                    deepspeed_config=train.deepspeed_config, length_grouped=train.length_grouped)
 
     def gradient_accumulation_steps(self, world_size: int) -> int:
@@ -142,6 +145,7 @@ def train(
     output_dir: Path,
     *,
     on_log: Callable[[dict[str, float]], None] | None = None,
+    heldout: Callable[[torch.nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train `model`'s trainable parameters on `dataset`; every rank calls it the same way.
 
@@ -149,7 +153,9 @@ def train(
     `.loss`. `dataset.lengths` (one int per sample) drives length grouping. Writes
     `<output_dir>/metrics.jsonl` (one line per optimizer step: step, epoch, loss, lr, grad_norm,
     samples_per_s, and tokens_per_s when batches carry an `attention_mask`), which rank 0 also
-    passes to `on_log`, and `<output_dir>/checkpoints/step-<n>`, which a second call with the same
+    passes to `on_log`, with `heldout(model)`'s figures every `config.heldout_every` steps (every
+    rank calls it, in eval mode without gradients: under ZeRO-3 a forward pass is collective), and
+    `<output_dir>/checkpoints/step-<n>`, which a second call with the same
     output_dir resumes from. Ends by exporting the weights (`TrainResult.state_dict`, on rank 0)
     and tearing the process group down.
     """
@@ -201,17 +207,23 @@ def train(
         totals = torch.stack([loss_sum, tokens])
         dist.all_reduce(totals)  # sums over ranks
         if rank == 0:
-            seconds, step_started = time.perf_counter() - step_started, time.perf_counter()
+            seconds = time.perf_counter() - step_started
             record = {"step": step, "epoch": step * accumulation / len(sampler),
                       "loss": totals[0].item() / (world_size * accumulation), "lr": lr,
                       "grad_norm": float(engine.get_global_grad_norm()),
                       "samples_per_s": config.global_batch_size / seconds}
             if counts_tokens:
                 record["tokens_per_s"] = totals[1].item() / seconds
+        if heldout is not None and config.heldout_every and step % config.heldout_every == 0:
+            checked = _heldout_check(engine.module, heldout)  # outside the step's timing
+            if rank == 0:
+                record.update(checked)
+        if rank == 0:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             if on_log is not None:
                 on_log(record)
+        step_started = time.perf_counter()
         if step % config.checkpoint_every == 0 or step == total_steps:
             _save_checkpoint(engine, checkpoint_dir, step, config, world_size)
 
@@ -222,6 +234,16 @@ def train(
     dist.destroy_process_group()
     return TrainResult(steps=total_steps, resumed_from=start, parameter_counts=parameter_counts,
                        state_dict=state_dict)
+
+
+def _heldout_check(model: torch.nn.Module, heldout: Callable[[torch.nn.Module], dict[str, float]]) -> dict[str, float]:
+    """`heldout(model)` in eval mode without gradients; no RNG is drawn, so training goes on as without it."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            return {key: float(value) for key, value in heldout(model).items()}
+    finally:
+        model.train()
 
 
 def export_state_dict(engine: deepspeed.DeepSpeedEngine) -> dict[str, torch.Tensor] | None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,7 +19,8 @@ from transformers import AutoTokenizer
 from ..config import Params, load_params
 from ..data.records import DatasetSplit
 from ..data.stages import VALIDATED
-from ..eval.heldout import answer_loss_pairs, answer_questions, heldout_metrics, heldout_questions, requests
+from ..eval.heldout import (Question, answer_loss_pairs, answer_questions, heldout_metrics, heldout_questions,
+                            reliance_metrics, requests)
 from ..model.modeling_rgpt import RGPTForConditionalGeneration
 from ..model.processing_rgpt import ProcessorConfig, RGPTProcessor
 from .data import ConversationDataset
@@ -59,17 +61,33 @@ def mlflow_logger():
     return log
 
 
+def validation_questions(params: Params, images: int) -> list[Question]:
+    return heldout_questions(DatasetSplit.load(VALIDATED, "coco_val"), DatasetSplit.load(VALIDATED, "refcocog_val"),
+                             images=images, seed=params.train.seed, max_proposals=params.conversations.rec_max_proposals)
+
+
 def heldout_check(model: RGPTForConditionalGeneration, processor: RGPTProcessor, params: Params) -> dict:
     """Classification and REC accuracy and region reliance on validation images (see rgpt.eval.heldout)."""
-    questions = heldout_questions(DatasetSplit.load(VALIDATED, "coco_val"), DatasetSplit.load(VALIDATED, "refcocog_val"),
-                                  images=params.train.heldout_images, seed=params.train.seed,
-                                  max_proposals=params.conversations.rec_max_proposals)
+    questions = validation_questions(params, params.train.heldout_images)
     asked = requests(questions, params.data.root)
     answers = answer_questions(model, processor, asked)
     losses, rotated = answer_loss_pairs(model, processor, questions, asked)
     return {"metrics": heldout_metrics(questions, answers, losses, rotated),
             "examples": [{"task": q.task, "question": q.question, "expected": q.answer, "answer": a}
                          for q, a in list(zip(questions, answers))[:40]]}
+
+
+def heldout_curve(processor: RGPTProcessor, params: Params) -> Callable[[RGPTForConditionalGeneration], dict]:
+    """The check the trainer runs every train.heldout_every steps: answer loss and region reliance
+    on a few validation images (no generation), so that the curve shows when the model starts
+    reading its regions (README: "What the embedded model learns")."""
+    questions = validation_questions(params, params.train.heldout_curve_images)
+    asked = requests(questions, params.data.root)
+
+    def check(model: RGPTForConditionalGeneration) -> dict[str, float]:
+        losses, rotated = answer_loss_pairs(model, processor, questions, asked)
+        return {f"heldout_{key}": value for key, value in reliance_metrics(questions, losses, rotated).items()}
+    return check
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     folder = CHECKPOINTS / f"stage{args.stage}"
     config = TrainConfig.from_params(params.train, stage)
     is_rank0 = int(os.environ.get("RANK", "0")) == 0
-    result = train(model, dataset, dataset.collate, config, folder, on_log=mlflow_logger() if is_rank0 else None)
+    result = train(model, dataset, dataset.collate, config, folder, on_log=mlflow_logger() if is_rank0 else None,
+                   heldout=heldout_curve(processor, params) if config.heldout_every else None)
     if result.state_dict is None:  # not rank 0
         return
 
