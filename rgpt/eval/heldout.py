@@ -109,12 +109,19 @@ def answer_loss_pairs(model: RGPTForConditionalGeneration, processor: RGPTProces
     return true, rotated
 
 
+def task_rows(questions: list[Question]) -> dict[str, list[int]]:
+    """Each task's question indices, tasks sorted."""
+    rows: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        rows.setdefault(q.task, []).append(i)
+    return dict(sorted(rows.items()))
+
+
 def reliance_metrics(questions: list[Question], losses: list[float], rotated_losses: list[float]) -> dict[str, float]:
     """Per task: the right answers' mean loss and the region reliance (the mean loss with rotated
     regions minus with the true ones); cheap enough to follow during training (no generation)."""
     metrics: dict[str, float] = {}
-    for task in sorted({q.task for q in questions}):
-        rows = [i for i, q in enumerate(questions) if q.task == task]
+    for task, rows in task_rows(questions).items():
         metrics[f"{task}_answer_loss"] = fmean(losses[i] for i in rows)
         metrics[f"{task}_region_reliance"] = fmean(rotated_losses[i] - losses[i] for i in rows)
     return metrics
@@ -124,8 +131,7 @@ def heldout_metrics(questions: list[Question], answers: list[str], losses: list[
                     rotated_losses: list[float]) -> dict[str, float]:
     """Per task: accuracy and how many questions, with `reliance_metrics`."""
     metrics: dict[str, float] = {}
-    for task in sorted({q.task for q in questions}):
-        rows = [i for i, q in enumerate(questions) if q.task == task]
+    for task, rows in task_rows(questions).items():
         metrics[f"{task}_accuracy"] = fmean(is_right(task, answers[i], questions[i].answer) for i in rows)
         metrics[f"{task}_questions"] = len(rows)
     return {**metrics, **reliance_metrics(questions, losses, rotated_losses)}

@@ -103,8 +103,8 @@ def report_stage(stage: int) -> StageResult:
                "final_loss": sum(s["loss"] for s in tail) / len(tail),
                "samples_per_s": sum(s["samples_per_s"] for s in steps) / len(steps),
                "tokens_per_s": sum(s.get("tokens_per_s", 0.0) for s in steps) / len(steps)}
-    curve = [{"step": s["step"], **{k: v for k, v in s.items() if k.startswith("heldout_")}}
-             for s in steps if any(k.startswith("heldout_") for k in s)]
+    checks = [(s["step"], {k: v for k, v in s.items() if k.startswith("heldout_")}) for s in steps]
+    curve = [{"step": step, **checked} for step, checked in checks if checked]
     return StageResult(metrics, {
         "metrics.json": write_json(reports / "metrics.json", metrics),
         "loss.csv": write_csv(reports / "loss.csv", [{k: s[k] for k in ("step", "loss", "lr")} for s in steps]),
