@@ -8,13 +8,15 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 import rgpt.model  # noqa: F401  (registers the Auto classes)
+from rgpt.config import load_params
 from rgpt.model import regions
 from rgpt.model.modeling_rgpt import RGPTForConditionalGeneration
 from rgpt.model.processing_rgpt import IGNORE_INDEX, ProcessorConfig, RGPTProcessor, question_text
 from rgpt.train.data import turn_weights
+from rgpt.train import stages
 from rgpt.train.stages import freeze_for_stage
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 def batch(processor, n_regions=(1, 2)):
     """Two examples: an image with one region, an image with two, each a known conversation."""
@@ -187,3 +189,17 @@ def test_batched_generation_from_fused_embeddings(tokenizer, processor):
     alone = model.generate(**{k: v for k, v in processor.collate(examples[1:], "left").items() if k != "labels"},
                            max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert new[1, : alone.shape[1]].tolist() == alone[0].tolist()
+
+
+def test_checkpoints_go_stale_when_the_trainable_set_changes(tmp_path, monkeypatch):
+    # A checkpoint's optimizer state holds exactly the trained modules: resuming one with another
+    # trainable set would fail inside DeepSpeed's load, so prepare_checkpoints must start over.
+    params = load_params(REPO / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs/conversations").mkdir(parents=True)
+    (tmp_path / "outputs/conversations/finetune.jsonl").write_text("{}\n")
+    folder = stages.prepare_checkpoints(params, 2)
+    (folder / "step_20").mkdir()
+    assert (stages.prepare_checkpoints(params, 2) / "step_20").exists()  # same run: kept to resume from
+    monkeypatch.setitem(stages.TRAINABLE, 2, ("language_model",))
+    assert not (stages.prepare_checkpoints(params, 2) / "step_20").exists()

@@ -56,13 +56,15 @@ def initial_weights(stage: int) -> Path:
 
 
 def fingerprint(params: Params, stage: int) -> dict[str, Any]:
-    """What a stage's checkpoints depend on: its params, its data and the weights it starts from.
+    """What a stage's checkpoints depend on: its params, its data, the weights it starts from and
+    the modules it trains (a checkpoint's optimizer state holds exactly those).
 
     A run resumes from checkpoints only when this is unchanged; otherwise they are stale and go.
     """
     start = initial_weights(stage)
     weights = sorted(p for p in start.rglob("*.safetensors")) if start.exists() else []
     return {"stage": stage, "params": params_hash(params.stage_params(f"train_stage{stage}")),
+            "trainable": list(TRAINABLE[stage]),
             "data": file_md5(CONVERSATIONS / f"{DATA[stage]}.jsonl"),
             "weights": {str(p): file_md5(p) for p in weights}}
 
