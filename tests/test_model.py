@@ -12,8 +12,8 @@ from rgpt.config import load_params
 from rgpt.model import regions
 from rgpt.model.modeling_rgpt import RGPTForConditionalGeneration
 from rgpt.model.processing_rgpt import IGNORE_INDEX, ProcessorConfig, RGPTProcessor, question_text
-from rgpt.train.data import turn_weights
 from rgpt.train import stages
+from rgpt.train.data import turn_weights
 from rgpt.train.stages import freeze_for_stage
 
 from conftest import REPO, tiny_config
@@ -199,7 +199,7 @@ def test_checkpoints_go_stale_when_the_trainable_set_changes(tmp_path, monkeypat
     (tmp_path / "outputs/conversations").mkdir(parents=True)
     (tmp_path / "outputs/conversations/finetune.jsonl").write_text("{}\n")
     folder = stages.prepare_checkpoints(params, 2)
-    (folder / "step_20").mkdir()
-    assert (stages.prepare_checkpoints(params, 2) / "step_20").exists()  # same run: kept to resume from
+    (folder / "step-20").mkdir()
+    assert (stages.prepare_checkpoints(params, 2) / "step-20").exists()  # same run: kept to resume from
     monkeypatch.setitem(stages.TRAINABLE, 2, ("language_model",))
-    assert not (stages.prepare_checkpoints(params, 2) / "step_20").exists()
+    assert not (stages.prepare_checkpoints(params, 2) / "step-20").exists()
