@@ -34,15 +34,19 @@ def unnormalise(pixel_values: torch.Tensor) -> torch.Tensor:
     return pixel_values * torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1) + torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
 
 
-def sample(image: str, *turns: str) -> dict:
+def sample(image: str, *turns: str, names: tuple[str | None, ...] = ()) -> dict:
+    """A conversation sample; `names`: its regions' names, one per <region> of its questions."""
     roles = ["human", "gpt"] * len(turns)
-    return {"id": f"{image}#0", "image": image, "conversations": [{"from": r, "value": v} for r, v in zip(roles, turns)]}
+    return {"id": f"{image}#0", "image": image, "regions": [{"box": [0, 0, 1, 1], "name": n} for n in names],
+            "conversations": [{"from": r, "value": v} for r, v in zip(roles, turns)]}
 
 
-SAMPLES = [sample(f"img{i}.jpg", f"<image>\nWhat is in <region>?", f"{colour} {shape}", "And <region>?",
-                  f"{shape} {colour}")
-           for i, (colour, shape) in enumerate((c, s) for c in ["red", "green", "blue", "white"]
-                                               for s in ["circle", "square", "star"])]
+# Every answer names its region: only an LLM that reads the region slots can predict it.
+SAMPLES = [sample(f"img{i}.jpg", "<image>\nWhat is in <region>?", f"{colour} {shape}", "And <region>?",
+                  f"{other} {shape}", names=(f"{colour} {shape}", f"{other} {shape}"))
+           for i, (colour, other, shape) in enumerate((c, o, s) for c in ["red", "green", "blue", "white"]
+                                                      for o in ["red", "green", "blue", "white"] if o != c
+                                                      for s in ["circle", "square", "star"])]
 
 
 @pytest.fixture(scope="module")
@@ -235,18 +239,39 @@ def test_clip_training_is_deterministic(tokenizer):
 # ----------------------------------------------------------------------------------------- LLM
 
 
-def test_pack_cuts_the_token_stream_into_blocks(tokenizer):
-    texts = [base.render_conversation(s) for s in SAMPLES]
-    stream = [i for ids in tokenizer(texts).input_ids for i in ids]
-    blocks = base.pack(texts, tokenizer, 32)
-    assert blocks.shape == (len(stream) // 32, 32)
-    assert blocks.flatten().tolist() == stream[:blocks.numel()]
+def test_pack_cuts_the_token_stream_into_blocks_and_names_each_region_slot(tokenizer):
+    stream = [i for ids in tokenizer([base.render_conversation(s) for s in SAMPLES]).input_ids for i in ids]
+    blocks = base.pack(SAMPLES, tokenizer, 32)
+    assert blocks.ids.shape == blocks.slots.shape == (len(stream) // 32, 32)
+    assert blocks.ids.flatten().tolist() == stream[:blocks.ids.numel()]
+    region = tokenizer.convert_tokens_to_ids("<region>")
+    assert torch.equal(blocks.slots >= 0, blocks.ids == region)
+    # the slots, read in order, name the conversations' regions in order
+    named = [tokenizer.decode([i for i in blocks.names[row].tolist() if i >= 0]).strip()
+             for row in blocks.slots[blocks.slots >= 0].tolist()]
+    assert named == [r["name"] for s in SAMPLES for r in s["regions"]][:len(named)] and len(named) > 20
     with pytest.raises(ValueError, match="fewer than one block of 10000"):
-        base.pack(texts, tokenizer, 10_000)
+        base.pack(SAMPLES, tokenizer, 10_000)
+    with pytest.raises(ValueError, match="conversation img0.jpg#0: 2 <region> tokens for 1 regions"):
+        base.pack([{**SAMPLES[0], "regions": SAMPLES[0]["regions"][:1]}], tokenizer, 32)
+
+
+def test_slot_embeddings_put_the_mean_of_the_names_token_embeddings_in_each_named_slot(tokenizer):
+    unnamed = sample("a.jpg", "<image>\n<region> and <region>?", "a", names=("red circle", None))
+    blocks = base.pack([SAMPLES[0], unnamed] * 4, tokenizer, 16)
+    embed = torch.nn.Embedding(len(tokenizer), 8)
+    filled, plain = base.slot_embeddings(embed, blocks), base.slot_embeddings(embed, blocks, fill=False)
+    assert torch.equal(plain, embed(blocks.ids))
+    n, t = (blocks.slots >= 0).nonzero()[0]
+    name = tokenizer(" " + SAMPLES[0]["regions"][0]["name"], add_special_tokens=False).input_ids
+    assert torch.allclose(filled[n, t], embed(torch.tensor(name)).mean(0))
+    untouched = blocks.slots < 0  # other tokens, and the region without a name
+    assert torch.equal(filled[untouched], plain[untouched])
+    assert ((blocks.ids == tokenizer.convert_tokens_to_ids("<region>")) & untouched).any()
 
 
 def test_llm_learns_reloads_identically_and_is_deterministic(tokenizer, tmp_path):
-    blocks = base.pack([base.render_conversation(s) for s in SAMPLES * 4], tokenizer, TINY_LLM.max_length)
+    blocks = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length)
     params = TINY_LLM.model_copy(update={"epochs": 4})
     model, figures = base.train_llm(blocks, tokenizer, params, seed=0, progress=False)
     assert figures["last_epoch_loss"] < figures["first_loss"] / 2
@@ -256,9 +281,17 @@ def test_llm_learns_reloads_identically_and_is_deterministic(tokenizer, tmp_path
 
     model.save_pretrained(tmp_path)
     with torch.no_grad():
-        assert torch.equal(LlamaForCausalLM.from_pretrained(tmp_path)(blocks[:2]).logits, model(blocks[:2]).logits)
+        assert torch.equal(LlamaForCausalLM.from_pretrained(tmp_path)(blocks.ids[:2]).logits,
+                           model(blocks.ids[:2]).logits)
     again = base.train_llm(blocks, tokenizer, params, seed=0, progress=False)[1]
     assert again == figures
+
+
+def test_llm_learns_to_read_what_a_region_slot_holds(tokenizer):
+    # each answer is one of 36 names: predictable only from the slot before it
+    blocks = base.pack(SAMPLES * 8, tokenizer, TINY_LLM.max_length)
+    model, _ = base.train_llm(blocks, tokenizer, TINY_LLM.model_copy(update={"epochs": 6}), seed=0, progress=False)
+    assert base.perplexity(model, blocks) < base.perplexity(model, blocks, fill=False) / 1.5
 
 
 def test_heldout_images_are_a_seeded_share_of_whole_images():

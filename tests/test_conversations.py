@@ -164,6 +164,8 @@ def test_brief_caption_and_relationship_answers(pretrain):
         ("brief_caption", "brown horse", [box(401)]),
         ("relationship", "man riding brown horse", [box(402), box(401)]),  # subject first
     ]
+    # each region's name: its category, else its first phrase, stripped
+    assert [r["name"] for r in vg["regions"]] == ["a man riding a horse", "brown horse", "man", "brown horse"]
 
 
 def test_llava_keeps_its_instruction_and_caption(pretrain):

@@ -5,12 +5,14 @@ when it would hold more than `max_regions_per_conversation` region placeholders.
 
     {"id": "vg/train/123#0", "dataset": "vg", "image": <file_name relative to the data root>,
      "width": 800, "height": 600,
-     "regions": [{"box": [x, y, w, h], "segmentation": <COCO segmentation or None>}, ...],
+     "regions": [{"box": [x, y, w, h], "segmentation": <COCO segmentation or None>, "name": "red circle"}, ...],
      "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...],
      "tasks": ["classification", "brief_caption", ...]}
 
 The k-th `<region>` of the human turns, read in order, is `regions[k]`; `tasks[t]` names the task
-of the t-th question/answer pair. Only the first human turn holds `<image>`, at its start.
+of the t-th question/answer pair. A region's `name` (`region_name`: its category, else its first
+phrase, else None) is never shown to RGPT: the embedded base LLM learns from it to read a region
+slot (`rgpt.model.base`). Only the first human turn holds `<image>`, at its start.
 
 Instructions are drawn uniformly from the paper's lists (`rgpt.data.templates`) by a generator
 seeded from (seed, dataset, image id), so an image's conversations depend only on that image and
@@ -85,6 +87,14 @@ def category_answer(region: Region, record: ImageRecord) -> str:
         raise ValueError(f"{record.key} ({record.file_name}): region {region.id} has no category name, "
                          "but classification needs one; fix the reader that wrote this split")
     return region.category.replace("_", " ") if record.dataset == "lvis" else region.category
+
+
+def region_name(region: Region, record: ImageRecord) -> str | None:
+    """What the region is, in words: its category as a classification answer says it, else its
+    first phrase (VG's regions have only descriptions), else None."""
+    if region.category:
+        return category_answer(region, record).strip()
+    return next(iter(_phrases(region)), None)
 
 
 def classification_turns(record: ImageRecord, templates: Templates, rng: random.Random,
@@ -194,11 +204,11 @@ def _phrases(region: Region) -> list[str]:
 
 
 def _relation_name(region: Region, record: ImageRecord) -> str:
-    name = region.category or next(iter(_phrases(region)), None)
+    name = region_name(region, record)
     if not name:
         raise ValueError(f"{record.key} ({record.file_name}): relation region {region.id} has neither a "
                          "category nor a phrase to name it; fix the reader that wrote this split")
-    return name.strip()
+    return name
 
 
 # ------------------------------------------------------------------------ images to samples
@@ -270,7 +280,8 @@ def to_sample(record: ImageRecord, sample_id: str, turns: list[Turn]) -> dict[st
         "image": record.file_name,
         "width": record.width,
         "height": record.height,
-        "regions": [{"box": r.box, "segmentation": r.segmentation} for turn in turns for r in turn.regions],
+        "regions": [{"box": r.box, "segmentation": r.segmentation, "name": region_name(r, record)}
+                    for turn in turns for r in turn.regions],
         "conversations": conversations,
         "tasks": [turn.task for turn in turns],
     }

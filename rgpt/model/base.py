@@ -13,7 +13,8 @@ learn from the conversations. `source: train` (embedded profile) trains all thre
 the corpus: a small CLIP contrastively on the regions of whole images (mask-pooled patch features,
 as RGPT pools them) and their names or phrases, with a byte-level BPE of its own (`clip_tokenizer`);
 a byte-level BPE on the conversation text; and a small Llama on the conversations rendered in
-RGPT's chat template.
+RGPT's chat template, each `<region>` slot holding the mean embedding of that region's name
+(`slot_embeddings`), so that it learns to read a slot as RGPT will need it to.
 `source: hub` (paper profile) downloads the paper's CLIP ViT-L/14-336 and Vicuna-7B v1.5 and
 extends Vicuna's tokenizer with the two placeholders; its LLM still has the old vocabulary size,
 so `RGPTForConditionalGeneration.from_base_models` resizes its embeddings to `len(tokenizer)`.
@@ -332,17 +333,81 @@ def llm_config(params: LlmParams, tokenizer: PreTrainedTokenizerBase) -> LlamaCo
                        tie_word_embeddings=False)
 
 
-def pack(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, length: int) -> torch.Tensor:
-    """(N, length) token ids: the texts' tokens (each text starting with <s>) end to end, cut into
-    blocks; the last, incomplete block is dropped (nanoGPT's packing: no padding, no wasted compute)."""
-    stream = [i for ids in tokenizer(list(texts)).input_ids for i in ids]
+SLOT_NAME_TOKENS = 8  # a region slot holds the mean embedding of at most this many of its name's tokens
+
+
+@dataclass
+class Blocks:
+    """Packed training text (`pack`) and what its region slots hold.
+
+    ids: (N, length) token ids. slots: (N, length), for each `<region>` token the row of `names`
+    holding its region's name, -1 elsewhere (and for a region without a name). names: (M,
+    SLOT_NAME_TOKENS) token ids of each distinct name, -1 padded.
+    """
+
+    ids: torch.Tensor
+    slots: torch.Tensor
+    names: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index) -> Blocks:
+        return Blocks(self.ids[index], self.slots[index], self.names)
+
+    def split(self, size: int) -> list[Blocks]:
+        return [self[i:i + size] for i in range(0, len(self), size)]
+
+
+def pack(samples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, length: int) -> Blocks:
+    """The conversations' tokens (each starting with <s>) end to end, cut into blocks of `length`;
+    the last, incomplete block is dropped (nanoGPT's packing: no padding, no wasted compute). The
+    k-th `<region>` token of a conversation is slot `regions[k]["name"]` (`Blocks`)."""
+    region_id = tokenizer.convert_tokens_to_ids(REGION)
+    table: dict[str, int] = {}
+    stream: list[int] = []
+    slots: list[int] = []
+    for sample, ids in zip(samples, tokenizer([render_conversation(s) for s in samples]).input_ids):
+        names = [region.get("name") for region in sample["regions"]]
+        if ids.count(region_id) != len(names):
+            raise ValueError(f"conversation {sample.get('id')}: {ids.count(region_id)} {REGION} tokens for "
+                             f"{len(names)} regions")
+        named = iter(table.setdefault(name, len(table)) if name else -1 for name in names)
+        stream += ids
+        slots += [next(named) if i == region_id else -1 for i in ids]
     blocks = len(stream) // length
     if blocks == 0:
-        raise ValueError(f"{len(texts)} texts make {len(stream)} tokens, fewer than one block of {length}")
-    return torch.tensor(stream[:blocks * length]).view(blocks, length)
+        raise ValueError(f"{len(samples)} conversations make {len(stream)} tokens, fewer than one block of {length}")
+    names = torch.full((max(1, len(table)), SLOT_NAME_TOKENS), -1)
+    for name, row in table.items():
+        ids = tokenizer(f" {name}", add_special_tokens=False).input_ids[:SLOT_NAME_TOKENS]
+        names[row, :len(ids)] = torch.tensor(ids)
+    cut = blocks * length
+    return Blocks(torch.tensor(stream[:cut]).view(blocks, length), torch.tensor(slots[:cut]).view(blocks, length),
+                  names)
 
 
-def train_llm(blocks: torch.Tensor, tokenizer: PreTrainedTokenizerBase, params: LlmParams, seed: int, *,
+def slot_embeddings(embed: torch.nn.Embedding, blocks: Blocks, *, fill: bool = True) -> torch.Tensor:
+    """The LLM's input embeddings for `blocks`, each named region slot holding the mean input
+    embedding of its name's tokens (fill=False: the bare `<region>` token's, as in plain text).
+
+    Why: RGPT puts a projected region feature where `<region>` stands and needs an LLM that reads
+    what a slot holds, as Vicuna reads LLaVA's projections for the words they resemble. An LM
+    trained on text alone has only ever seen the one `<region>` embedding there, so it learns to
+    ignore the slot; one trained to name what a slot holds gives stage 1's frozen LLM something to
+    decode. The names appear only here: RGPT never sees them.
+    """
+    inputs = embed(blocks.ids)
+    filled = blocks.slots >= 0
+    if not fill or not filled.any():
+        return inputs
+    rows = blocks.names[blocks.slots[filled]]
+    real = (rows >= 0).unsqueeze(-1)
+    means = (embed(rows.clamp(min=0)) * real).sum(1) / real.sum(1)
+    return inputs.index_put(tuple(filled.nonzero().T), means)
+
+
+def train_llm(blocks: Blocks, tokenizer: PreTrainedTokenizerBase, params: LlmParams, seed: int, *,
               progress: bool = True) -> tuple[LlamaForCausalLM, dict[str, Any]]:
     """A Llama trained from scratch for next-token prediction on packed blocks (`pack`)."""
     seed_everything(seed)
@@ -355,20 +420,26 @@ def train_llm(blocks: torch.Tensor, tokenizer: PreTrainedTokenizerBase, params: 
     with tqdm(total=params.epochs * batches_per_epoch, desc="llm", disable=not progress) as bar:
         for _ in range(params.epochs):
             for batch in torch.randperm(len(blocks), generator=order).split(params.batch_size):
-                loss = model(input_ids=blocks[batch], labels=blocks[batch]).loss
+                loss = lm_loss(model, blocks[batch])
                 _step(model, loss, optimizer, scheduler)
                 losses.append(loss.item())
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    return model, {"train_tokens": blocks.numel(), "steps": len(losses), "first_loss": losses[0],
+    return model, {"train_tokens": blocks.ids.numel(), "steps": len(losses), "first_loss": losses[0],
                    "last_epoch_loss": float(np.mean(losses[-batches_per_epoch:]))}
 
 
+def lm_loss(model: LlamaForCausalLM, blocks: Blocks, *, fill: bool = True) -> torch.Tensor:
+    """The mean next-token loss on `blocks`, the region slots filled with their names (`slot_embeddings`)."""
+    return model(inputs_embeds=slot_embeddings(model.get_input_embeddings(), blocks, fill=fill),
+                 labels=blocks.ids).loss
+
+
 @torch.no_grad()
-def perplexity(model: LlamaForCausalLM, blocks: torch.Tensor, batch_size: int = 16) -> float:
+def perplexity(model: LlamaForCausalLM, blocks: Blocks, batch_size: int = 16, *, fill: bool = True) -> float:
     """exp of the mean next-token loss over packed blocks of equal length."""
-    losses = [model(input_ids=batch, labels=batch).loss.item() * len(batch) for batch in blocks.split(batch_size)]
+    losses = [lm_loss(model, batch, fill=fill).item() * len(batch) for batch in blocks.split(batch_size)]
     return math.exp(sum(losses) / len(blocks))
 
 
@@ -536,13 +607,15 @@ def _train_and_save_llm(params: BaseModelsParams, tokenizer: PreTrainedTokenizer
                         samples: Sequence[dict[str, Any]], out_dir: Path, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     held = heldout_images(samples, HELDOUT_FRACTION, params.seed)
-    train_texts = [render_conversation(s) for s in samples if s["image"] not in held]
-    heldout_texts = [render_conversation(s) for s in samples if s["image"] in held]
-    llm, figures = train_llm(pack(train_texts, tokenizer, params.llm.max_length), tokenizer, params.llm,
-                             params.seed, progress=progress)
-    heldout_blocks = pack(heldout_texts, tokenizer, params.llm.max_length)
-    figures |= {"heldout_conversations": len(heldout_texts), "heldout_tokens": heldout_blocks.numel(),
-                "heldout_perplexity": perplexity(llm, heldout_blocks)}
+    train = [s for s in samples if s["image"] not in held]
+    heldout = [s for s in samples if s["image"] in held]
+    llm, figures = train_llm(pack(train, tokenizer, params.llm.max_length), tokenizer, params.llm, params.seed,
+                             progress=progress)
+    heldout_blocks = pack(heldout, tokenizer, params.llm.max_length)
+    # the gap between the two says how much the LLM reads its region slots
+    figures |= {"heldout_conversations": len(heldout), "heldout_tokens": heldout_blocks.ids.numel(),
+                "heldout_perplexity": perplexity(llm, heldout_blocks),
+                "heldout_perplexity_unnamed_slots": perplexity(llm, heldout_blocks, fill=False)}
     llm.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     log.info("llm: held-out perplexity %.3f, in %.0f s", figures["heldout_perplexity"], time.perf_counter() - started)
