@@ -7,7 +7,7 @@ import pytest
 
 from rgpt.config import ConversationsParams
 from rgpt.data.conversations import (build, build_finetune, build_pretrain, conversation_stats, load_recapd,
-                                     read_conversations, write_conversations)
+                                     read_conversations, region_list, write_conversations)
 from rgpt.data.records import DatasetSplit, ImageRecord, Region, Relation
 from rgpt.data.templates import DESCRIPTION, REGION, load_templates
 
@@ -82,7 +82,7 @@ def all_turns(samples: list[dict], task: str | None = None) -> list[tuple[str, s
 
 def template_pattern(template: str) -> str:
     """A regex matching `template` with `<region>` expanded to a list and `<description>` filled."""
-    region_list = "<region>(?:, <region>)*(?: and <region>)?"
+    region_list = r"(?:<region>|Region \[1\] <region>(?:, Region \[\d+\] <region>)* and Region \[\d+\] <region>)"
     parts = [re.escape(part).replace(re.escape(REGION), region_list) for part in template.split(DESCRIPTION)]
     return "(.+)".join(parts)
 
@@ -237,6 +237,12 @@ def coco_image(n: int) -> dict[str, DatasetSplit]:
     return {"coco_finetune": DatasetSplit("coco", "finetune", [classified("coco", 5, [f"c{i}" for i in range(n)], 0)])}
 
 
+def test_region_list_numbers_several_regions_as_rec_answers_name_them():
+    assert region_list(1) == "<region>"
+    assert region_list(2) == "Region [1] <region> and Region [2] <region>"
+    assert region_list(4) == "Region [1] <region>, Region [2] <region>, Region [3] <region> and Region [4] <region>"
+
+
 def test_classification_modes():
     cls = {"coco_finetune": ("classification",)}
     [multi] = build(coco_image(3), cls, params(classification_mode="multi_turn_all"), T)
@@ -244,7 +250,8 @@ def test_classification_modes():
 
     [one] = build(coco_image(3), cls, params(classification_mode="one_turn_all"), T)
     [(_, question, answer, boxes)] = turns(one)
-    assert "<region>, <region> and <region>" in question and question.endswith(COCO_PROMPT)
+    assert "Region [1] <region>, Region [2] <region> and Region [3] <region>" in question
+    assert question.endswith(COCO_PROMPT)
     assert (answer, boxes) == ("c0, c1, c2", [box(0), box(1), box(2)])
 
     each = build(coco_image(3), cls, params(classification_mode="one_turn_one"), T)

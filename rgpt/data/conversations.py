@@ -71,10 +71,17 @@ class Turn:
 
 
 def region_list(n: int) -> str:
-    """'<region>', '<region> and <region>', '<region>, <region> and <region>', ..."""
+    """'<region>' for one region; several are numbered the way REC answers name them (the paper's
+    <region1>, <region2>, ...): 'Region [1] <region> and Region [2] <region>', 'Region [1] <region>,
+    Region [2] <region> and Region [3] <region>', ...
+
+    Why numbered: every `<region>` is the same token, so without the numbers answering "Region [k]"
+    means counting slots; with them the model copies the number written before the matching region.
+    """
     if n == 1:
         return REGION
-    return ", ".join([REGION] * (n - 1)) + f" and {REGION}"
+    named = [f"Region [{i}] {REGION}" for i in range(1, n + 1)]
+    return ", ".join(named[:-1]) + f" and {named[-1]}"
 
 
 def category_answer(region: Region, record: ImageRecord) -> str:
