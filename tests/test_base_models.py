@@ -1,6 +1,7 @@
 """Base models: preprocessing, tokenizer, CLIP, LLM, the layout and manifest, and the hub path."""
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -291,7 +292,10 @@ def test_llm_learns_to_read_what_a_region_slot_holds(tokenizer):
     # each answer is one of 36 names: predictable only from the slot before it
     blocks = base.pack(SAMPLES * 8, tokenizer, TINY_LLM.max_length)
     model, _ = base.train_llm(blocks, tokenizer, TINY_LLM.model_copy(update={"epochs": 6}), seed=0, progress=False)
-    assert base.perplexity(model, blocks) < base.perplexity(model, blocks, fill=False) / 1.5
+    # in nats per token: the names in the slots take away most of what is left to predict (measured:
+    # 0.02 against 0.40 with bare slots; the perplexity ratio, 1.45, is too near 1 to test across machines)
+    named, bare = (math.log(base.perplexity(model, blocks, fill=fill)) for fill in (True, False))
+    assert named < bare / 4
 
 
 def test_heldout_images_are_a_seeded_share_of_whole_images():
