@@ -38,15 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from rgpt.config import LlmParams
+from rgpt.data.conversations import region_list
 from rgpt.data.templates import REGION, load_templates
 from rgpt.model import base
 
 ANNOTATIONS = Path("data/v3det/V3Det/annotations/v3det_2023_v1_train.json")
-
-
-def proposal_list(n: int) -> str:
-    named = [f"Region [{i}] {REGION}" for i in range(1, n + 1)]
-    return ", ".join(named[:-1]) + f" and {named[-1]}"
 
 
 class Drills:
@@ -69,7 +65,7 @@ class Drills:
         n = rng.randint(2, self.max_proposals)
         chosen = rng.sample(self.names, n)
         asked = rng.sample(range(n), min(self.queries, n))
-        turns = [(f"{proposal_list(n) + '. ' if t == 0 else ''}Which one is the {chosen[k]}? {self.prompts.rec}", k + 1)
+        turns = [(f"{region_list(n) + '. ' if t == 0 else ''}Which one is the {chosen[k]}? {self.prompts.rec}", k + 1)
                  for t, k in enumerate(asked)]
         return chosen, turns
 
