@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rgpt.config import LlmParams
+from rgpt.config import load_params
 from rgpt.data.conversations import region_list
 from rgpt.data.templates import REGION, load_templates
 from rgpt.model import base
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--proposals", type=int, default=2, help="at most this many proposals (at least 2)")
     parser.add_argument("--queries", type=int, default=2, help="questions per drill, each about another proposal")
-    parser.add_argument("--layers", type=int, default=4, help="the base LLM's depth (params: 4); width as params")
+    parser.add_argument("--layers", type=int, default=4,
+                        help="the base LLM's depth (params.yaml: 4); its width is params.yaml's base_models.llm")
     parser.add_argument("--loss", choices=("number", "all"), default="number",
                         help="train on the answers' numbers only, or on every token as base_models trains its LLM")
     parser.add_argument("--steps", type=int, default=4000)
@@ -138,11 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     drills = Drills(names, args.proposals, args.queries, args.seed)
     held_rng = random.Random(args.seed + 1234)
     questions = [drills.draw(held_rng) for _ in range(200)]
-    params = LlmParams(hidden_size=256, num_layers=args.layers, num_heads=4, intermediate_size=688, max_length=512,
-                       epochs=1, batch_size=args.batch, learning_rate=args.lr)
+    params = load_params().base_models.llm.model_copy(update={"num_layers": args.layers})  # the base LLM's width
     model = base.LlamaForCausalLM(base.llm_config(params, drills.tokenizer))
     optimizer, scheduler = base._optimizer(model, args.lr, args.steps)
-    print(f"| step | train loss | accuracy | chance | seconds |\n|---|---|---|---|---|", flush=True)
+    print("| step | train loss | accuracy | chance | seconds |\n|---|---|---|---|---|", flush=True)
     started, losses = time.perf_counter(), []
     model.train()
     for step in range(1, args.steps + 1):
