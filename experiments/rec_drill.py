@@ -15,11 +15,13 @@ on every token, as base_models trains its LLM); scored on 200 fresh drills by th
 teacher-forced loss over the candidate numbers. It trains its own byte-level BPE on
 the drills (`base.train_tokenizer`), so it needs only the raw corpus (`python flows/download.py`).
 
-Measured on 2 CPU cores (README, "Why REC is at chance"), the defaults (the base LLM's 4 layers,
+Measured on 2 CPU cores (README, "REC: a skill the base LLM is drilled in"), the defaults (the base LLM's 4 layers,
 2 proposals, lr 1e-3, batch 32, 4,000 steps, ~20 min): chance (0.43-0.45) for 1,000 steps, then
 0.70 at 1,500, 0.81 at 2,500 and 0.965 at 4,000. The skill appears after a plateau of ~1,000
-steps; the base_models stage trains its LLM for ~200 steps in all. `--loss all`: 0.43 up to
-1,000 steps, 0.885 at 1,500, 0.945 at 4,000.
+steps. `--loss all`: 0.43 up to 1,000 steps, 0.885 at 1,500, 0.945 at 4,000. What it needs is
+optimizer steps, not drills: `--loss all --batch 128 --steps 400` (51,200 drills, more than the
+48,000 of the break-out above) stays at chance (0.425 at 400 steps). So base_models trains its LLM
+in small batches (params base_models.llm.batch_size) on drills first (rgpt/model/drills.py).
 
     python experiments/rec_drill.py                 # the run above
     python experiments/rec_drill.py --help          # depth, proposals, queries, loss, steps, lr

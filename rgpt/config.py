@@ -131,6 +131,9 @@ class LlmParams(_Section):
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    rec_drills_first: int = Field(0, ge=0)  # REC drill conversations among two proposals, trained on first
+    rec_drills: int = Field(0, ge=0)  # REC drill conversations trained on beside the conversations (drills.py)
+    rec_drill_turns: int = Field(4, ge=1)  # REC questions per drill
 
 
 class HubParams(_Section):

@@ -27,7 +27,7 @@ from conftest import REPO
 TINY_CLIP = ClipParams(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, text_hidden_size=64,
                        text_layers=1, projection_dim=16, epochs=1, batch_size=8, learning_rate=3e-3)
 TINY_LLM = LlmParams(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, max_length=32, epochs=1,
-                     batch_size=4, learning_rate=1e-2)
+                     batch_size=4, learning_rate=1e-2, rec_drills_first=8, rec_drills=8)
 
 
 def unnormalise(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -288,6 +288,23 @@ def test_llm_learns_reloads_identically_and_is_deterministic(tokenizer, tmp_path
     assert again == figures
 
 
+def test_llm_trains_on_the_first_blocks_then_the_epochs_and_checks_itself_on_the_way(tokenizer):
+    blocks, first = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length), base.pack(SAMPLES, tokenizer, 16)
+    modes = []
+    check = lambda model: modes.append(model.training) or len(modes) / 10  # noqa: E731
+    _, figures = base.train_llm(blocks, tokenizer, TINY_LLM.model_copy(update={"epochs": 2}), seed=0, first=first,
+                                check=check, check_every=5, progress=False)
+    first_steps, epoch_steps = math.ceil(len(first) / 4), math.ceil(len(blocks) / 4)
+    steps = first_steps + 2 * epoch_steps
+    assert figures["first_steps"] == first_steps and figures["steps"] == steps
+    assert figures["first_tokens"] == first.ids.numel() and figures["train_tokens"] == blocks.ids.numel()
+    expected = [*range(5, steps + 1, 5)] + ([steps] if steps % 5 else [])
+    assert figures["check_curve"] == [[step, (i + 1) / 10] for i, step in enumerate(expected)]
+    assert modes == [False] * len(expected)  # checked in eval mode, trained in train mode
+    assert base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, progress=False)[1].keys().isdisjoint(
+        {"first_steps", "check_curve"})
+
+
 def test_llm_learns_to_read_what_a_region_slot_holds(tokenizer):
     # each answer is one of 36 names: predictable only from the slot before it
     blocks = base.pack(SAMPLES * 8, tokenizer, TINY_LLM.max_length)
@@ -369,6 +386,14 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
     assert clip_manifest["clip"]["zero_shot_regions"] == sum(len(r.regions) for r in val.records)
     assert 0 <= clip_manifest["clip"]["zero_shot_accuracy"] <= 1
     assert manifest["llm"]["heldout_conversations"] > 0 and manifest["llm"]["heldout_perplexity"] > 1
+    # REC with named slots, on the held-out RefCOCOg questions and on fresh drills among 2..6 proposals
+    assert manifest["llm"]["rec_drills"] == manifest["llm"]["rec_drills_first"] == 8
+    assert manifest["llm"]["first_steps"] > 0 and manifest["llm"]["check_curve"][-1][0] == manifest["llm"]["steps"]
+    assert manifest["llm"]["drill_rec_questions"] == base.REC_HELDOUT_DRILLS
+    assert manifest["llm"]["heldout_rec_questions"] > 0
+    for name in ("heldout", "drill"):
+        assert 1 / 6 <= manifest["llm"][f"{name}_rec_chance"] <= 1 / 2
+        assert 0 <= manifest["llm"][f"{name}_rec_accuracy"] <= 1
 
 
 def test_the_clips_tokenizer_keeps_the_words_of_the_descriptions_it_will_score_whole():

@@ -48,7 +48,7 @@ from ..config import BaseModelsParams, ClipParams, HubParams, LlmParams, Params
 from ..data.conversations import category_answer, read_conversations
 from ..data.records import DatasetSplit, ImageRecord, Region, read_jsonl
 from ..data.templates import IMAGE, REGION, TEMPLATE_FILES, Templates, load_templates
-from . import regions
+from . import drills, regions
 from .image import to_pixel_values
 from .processing_rgpt import question_text, region_masks
 
@@ -68,6 +68,8 @@ CLIP_TRAIN_SPLITS = ("v3det_train", "coco_train", "lvis_train", "vg_train")
 ZERO_SHOT_SPLIT = "v3det_val"  # held-out regions, classified among all of V3Det's category names
 CONVERSATION_FILES = ("pretrain.jsonl", "finetune.jsonl")
 HELDOUT_FRACTION = 0.05  # of the conversations' images, whose conversations the LLM never trains on
+REC_HELDOUT_DRILLS = 200  # fresh REC drills (`drills.rec_drill`, one question each) the LLM is scored on
+REC_CHECK_QUESTIONS = 50  # of them, scored every 250 steps during training (the REC curve)
 
 # Training constants shared by both models (nanoGPT's choices for small transformers).
 WEIGHT_DECAY = 0.1  # on matrices only; biases, norms and embeddings' scales decay to nothing otherwise
@@ -408,26 +410,44 @@ def slot_embeddings(embed: torch.nn.Embedding, blocks: Blocks, *, fill: bool = T
 
 
 def train_llm(blocks: Blocks, tokenizer: PreTrainedTokenizerBase, params: LlmParams, seed: int, *,
-              progress: bool = True) -> tuple[LlamaForCausalLM, dict[str, Any]]:
-    """A Llama trained from scratch for next-token prediction on packed blocks (`pack`)."""
+              first: Blocks | None = None, check: Callable[[LlamaForCausalLM], float] | None = None,
+              check_every: int = 250, progress: bool = True) -> tuple[LlamaForCausalLM, dict[str, Any]]:
+    """A Llama trained from scratch for next-token prediction on packed blocks (`pack`).
+
+    first: blocks trained on once, alone, before the epochs over `blocks` (a curriculum), under the
+    same learning-rate schedule. check: a figure of the model taken every `check_every` steps and
+    at the end (`check_curve`: [step, figure] pairs).
+    """
     seed_everything(seed)
     model = LlamaForCausalLM(llm_config(params, tokenizer))
-    batches_per_epoch = math.ceil(len(blocks) / params.batch_size)
-    optimizer, scheduler = _optimizer(model, params.learning_rate, params.epochs * batches_per_epoch)
     order = torch.Generator().manual_seed(seed)
-    losses = []
+    first_batches = torch.randperm(len(first), generator=order).split(params.batch_size) if first else ()
+    batches_per_epoch = math.ceil(len(blocks) / params.batch_size)
+    steps = len(first_batches) + params.epochs * batches_per_epoch
+    optimizer, scheduler = _optimizer(model, params.learning_rate, steps)
+    losses, curve = [], []
     model.train()
-    with tqdm(total=params.epochs * batches_per_epoch, desc="llm", disable=not progress) as bar:
-        for _ in range(params.epochs):
-            for batch in torch.randperm(len(blocks), generator=order).split(params.batch_size):
-                loss = lm_loss(model, blocks[batch])
-                _step(model, loss, optimizer, scheduler)
-                losses.append(loss.item())
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+    with tqdm(total=steps, desc="llm", disable=not progress) as bar:
+        schedule = [(first, batch) for batch in first_batches] + [
+            (blocks, batch) for _ in range(params.epochs)
+            for batch in torch.randperm(len(blocks), generator=order).split(params.batch_size)]
+        for source, batch in schedule:
+            loss = lm_loss(model, source[batch])
+            _step(model, loss, optimizer, scheduler)
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if check and (len(losses) % check_every == 0 or len(losses) == steps):
+                model.eval()
+                curve.append([len(losses), check(model)])
+                model.train()
+                log.info("llm step %d: %.3f", *curve[-1])
     model.eval()
-    return model, {"train_tokens": blocks.ids.numel(), "steps": len(losses), "first_loss": losses[0],
-                   "last_epoch_loss": float(np.mean(losses[-batches_per_epoch:]))}
+    figures = {"train_tokens": blocks.ids.numel(), "steps": len(losses), "first_loss": losses[0],
+               "last_epoch_loss": float(np.mean(losses[-batches_per_epoch:]))}
+    if first:
+        figures["first_tokens"], figures["first_steps"] = first.ids.numel(), len(first_batches)
+    return model, figures | ({"check_curve": curve} if check else {})
 
 
 def lm_loss(model: LlamaForCausalLM, blocks: Blocks, *, fill: bool = True) -> torch.Tensor:
@@ -441,6 +461,28 @@ def perplexity(model: LlamaForCausalLM, blocks: Blocks, batch_size: int = 16, *,
     """exp of the mean next-token loss over packed blocks of equal length."""
     losses = [lm_loss(model, batch, fill=fill).item() * len(batch) for batch in blocks.split(batch_size)]
     return math.exp(sum(losses) / len(blocks))
+
+
+@torch.no_grad()
+def rec_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, questions: Sequence[dict[str, Any]],
+                 templates: Templates) -> float:
+    """Share of REC questions (`drills.rec_questions`) whose right answer the LLM finds most likely
+    among "Region [1]." .. "Region [n].", its slots holding their regions' names: the REC the base
+    LLM brings to RGPT when a slot holds what it should."""
+    right = 0
+    for question in questions:
+        answers = [templates.prompts.rec_answer.format(index=k) for k in range(1, question["proposals"] + 1)]
+        # the question's tokens are the same for every answer: the summed losses differ by the answers'
+        losses = [_summed_loss(model, tokenizer, {**question, "conversations": [question["conversations"][0],
+                                                                               {"from": "gpt", "value": a}]})
+                  for a in answers]
+        right += answers[int(np.argmin(losses))] == question["conversations"][1]["value"]
+    return right / max(1, len(questions))
+
+
+def _summed_loss(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, sample: dict[str, Any]) -> float:
+    length = len(tokenizer(render_conversation(sample)).input_ids)
+    return lm_loss(model, pack([sample], tokenizer, length)).item() * (length - 1)
 
 
 def heldout_images(samples: Sequence[dict[str, Any]], fraction: float, seed: int) -> set[str]:
@@ -522,7 +564,8 @@ def build_base_models(params: Params, out_dir: Path, *, conversations: Path,
     if bm.source == "hub":
         manifest = fetch_from_hub(bm.hub, staging, snapshot or _snapshot)
     else:
-        manifest = train_base_models(bm, staging, conversations=Path(conversations), progress=progress)
+        manifest = train_base_models(bm, staging, conversations=Path(conversations),
+                                     rec_max_proposals=params.conversations.rec_max_proposals, progress=progress)
     manifest = {"source": bm.source, "params": json.loads(bm.model_dump_json()), **manifest}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -543,9 +586,10 @@ def _refuse_foreign(out_dir: Path, manifest: str, ignore: Sequence[str]) -> None
                               "wrote; move them away or choose another output directory")
 
 
-def train_base_models(params: BaseModelsParams, out_dir: Path, *, conversations: Path,
+def train_base_models(params: BaseModelsParams, out_dir: Path, *, conversations: Path, rec_max_proposals: int,
                       progress: bool = True) -> dict[str, Any]:
-    """Train the tokenizer and the LLM on the conversations; save them; return their figures."""
+    """Train the tokenizer and the LLM on the conversations (and REC drills among up to
+    `rec_max_proposals` regions: `drills`); save them; return their figures."""
     samples = [sample for name in CONVERSATION_FILES for sample in read_conversations(conversations / name)]
     started = time.perf_counter()
     tokenizer = train_tokenizer(corpus_texts(samples, load_templates()), params.tokenizer.vocab_size,
@@ -553,7 +597,8 @@ def train_base_models(params: BaseModelsParams, out_dir: Path, *, conversations:
     tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
     log.info("tokenizer: %d tokens in %.0f s", len(tokenizer), time.perf_counter() - started)
     return {"tokenizer": tokenizer_summary(tokenizer),
-            "llm": _train_and_save_llm(params, tokenizer, samples, out_dir / LLM_DIR, progress)}
+            "llm": _train_and_save_llm(params, tokenizer, samples, out_dir / LLM_DIR, rec_max_proposals,
+                                       progress)}
 
 
 def clip_texts(splits: Iterable[DatasetSplit]) -> list[str]:
@@ -604,21 +649,43 @@ def train_base_clip(params: BaseModelsParams, out_dir: Path, *, data_root: Path,
 
 
 def _train_and_save_llm(params: BaseModelsParams, tokenizer: PreTrainedTokenizerFast,
-                        samples: Sequence[dict[str, Any]], out_dir: Path, progress: bool) -> dict[str, Any]:
+                        samples: Sequence[dict[str, Any]], out_dir: Path, rec_max_proposals: int,
+                        progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     held = heldout_images(samples, HELDOUT_FRACTION, params.seed)
     train = [s for s in samples if s["image"] not in held]
     heldout = [s for s in samples if s["image"] in held]
-    llm, figures = train_llm(pack(train, tokenizer, params.llm.max_length), tokenizer, params.llm, params.seed,
+    templates, llm_params = load_templates(), params.llm
+    names = drills.category_names(train)
+    # REC's skill appears among two proposals first (drills.py): drills among two alone, then
+    # drills among up to rec_max_proposals beside the conversations
+    first = drills.rec_drills(names, llm_params.rec_drills_first, llm_params.rec_drill_turns, 2, templates,
+                              params.seed + 1)
+    rec_drills = drills.rec_drills(names, llm_params.rec_drills, llm_params.rec_drill_turns, rec_max_proposals,
+                                   templates, params.seed)
+    fresh = drills.rec_questions(drills.rec_drills(names, REC_HELDOUT_DRILLS, 1, rec_max_proposals, templates,
+                                                   params.seed + 2), templates)
+    llm, figures = train_llm(pack(train + rec_drills, tokenizer, llm_params.max_length), tokenizer, llm_params,
+                             params.seed, first=pack(first, tokenizer, llm_params.max_length) if first else None,
+                             check=lambda model: rec_accuracy(model, tokenizer, fresh[:REC_CHECK_QUESTIONS], templates),
                              progress=progress)
-    heldout_blocks = pack(heldout, tokenizer, params.llm.max_length)
-    # the gap between the two says how much the LLM reads its region slots
-    figures |= {"heldout_conversations": len(heldout), "heldout_tokens": heldout_blocks.ids.numel(),
+    heldout_blocks = pack(heldout, tokenizer, llm_params.max_length)
+    # the gap between the two perplexities says how much the LLM reads its region slots
+    figures |= {"rec_drills_first": len(first), "rec_drills": len(rec_drills), "heldout_conversations": len(heldout),
+                "heldout_tokens": heldout_blocks.ids.numel(),
                 "heldout_perplexity": perplexity(llm, heldout_blocks),
                 "heldout_perplexity_unnamed_slots": perplexity(llm, heldout_blocks, fill=False)}
+    # REC with each slot holding its region's name: on the held-out conversations' questions
+    # (RefCOCOg's expressions) and on fresh drills
+    for name, questions in (("heldout", drills.rec_questions(heldout, templates)), ("drill", fresh)):
+        figures[f"{name}_rec_questions"] = len(questions)
+        figures[f"{name}_rec_accuracy"] = rec_accuracy(llm, tokenizer, questions, templates)
+        figures[f"{name}_rec_chance"] = float(np.mean([1 / q["proposals"] for q in questions])) if questions else 0.0
     llm.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    log.info("llm: held-out perplexity %.3f, in %.0f s", figures["heldout_perplexity"], time.perf_counter() - started)
+    log.info("llm: held-out perplexity %.3f, REC accuracy %.3f (chance %.3f), in %.0f s",
+             figures["heldout_perplexity"], figures["heldout_rec_accuracy"], figures["heldout_rec_chance"],
+             time.perf_counter() - started)
     return figures
 
 

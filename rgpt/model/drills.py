@@ -1,0 +1,85 @@
+"""REC drills: text-only referring questions that the embedded base LLM trains on beside the conversations.
+
+REC asks RGPT to pick, among numbered proposals, the one a description names (Table 1):
+
+    USER: Given the mask proposals Region [1] <region> and Region [2] <region> in the image, can you
+          pinpoint the one that matches the red star. Answer the question using the template
+          Region [x]. ASSISTANT: Region [2].
+
+The LLM matches the description against what each `<region>` slot holds and copies the number in
+front of that slot: an associative recall that Vicuna brings from its pre-training and a small LLM
+trained from scratch does not have. It does learn it, but only after a plateau of ~1,500 optimizer
+steps of such questions (experiments/rec_drill.py; README "REC: a skill the base LLM is drilled
+in"), far more than the few REC turns of the conversations give it. So `base_models` trains its
+LLM on drills: conversations in the conversations stage's own format (`base.pack` takes them
+unchanged), each turn a REC question of the paper's templates among distinct names with the
+description "the {name}", the slots holding their names as every slot of the base LLM's training
+does (`base.slot_embeddings`) — first drills among two proposals alone, where the skill appears,
+then drills among 2..`max_proposals` beside the conversations. They stand in for the general
+skill a pretrained LLM brings; RGPT itself never sees them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterable, Iterator, Sequence
+
+from ..data.conversations import region_list
+from ..data.templates import DESCRIPTION, REGION, Templates
+
+DRILL_DATASET = "rec_drill"
+
+
+def rec_drill(index: int, names: Sequence[str], turns: int, max_proposals: int, templates: Templates,
+              rng: random.Random) -> dict[str, Any]:
+    """One drill conversation of `turns` REC questions, each among its own proposals.
+
+    Half of the questions offer two proposals, the others 3..`max_proposals`: the skill appears
+    first among two (experiments/rec_drill.py) and then carries to more.
+    """
+    regions, conversation = [], []
+    for _ in range(turns):
+        n = 2 if max_proposals == 2 or rng.random() < 0.5 else rng.randint(3, max_proposals)
+        chosen = rng.sample(list(names), n)
+        target = rng.randrange(n)
+        question = (rng.choice(templates.rec).replace(REGION, region_list(n))
+                    .replace(DESCRIPTION, f"the {chosen[target]}"))
+        conversation += [{"from": "human", "value": f"{question} {templates.prompts.rec}"},
+                         {"from": "gpt", "value": templates.prompts.rec_answer.format(index=target + 1)}]
+        regions += [{"name": name} for name in chosen]
+    return {"id": f"{DRILL_DATASET}/{index}", "dataset": DRILL_DATASET, "image": None, "regions": regions,
+            "conversations": conversation, "tasks": ["rec"] * turns}
+
+
+def rec_drills(names: Sequence[str], count: int, turns: int, max_proposals: int, templates: Templates,
+               seed: int) -> list[dict[str, Any]]:
+    """`count` seeded drills (`rec_drill`) over the distinct `names`."""
+    names = sorted(set(names))
+    if len(names) < max_proposals:
+        raise ValueError(f"REC drills need at least {max_proposals} distinct region names, got {len(names)}")
+    rng = random.Random(seed)
+    return [rec_drill(k, names, turns, max_proposals, templates, rng) for k in range(count)]
+
+
+def turns(sample: dict[str, Any]) -> Iterator[tuple[str, dict[str, str], dict[str, str], list[dict[str, Any]]]]:
+    """A conversation's turns: (task, question, answer, the regions of the question's slots)."""
+    regions = iter(sample["regions"])
+    conversation = sample["conversations"]
+    for task, question, answer in zip(sample["tasks"], conversation[::2], conversation[1::2], strict=True):
+        yield task, question, answer, [next(regions) for _ in range(question["value"].count(REGION))]
+
+
+def category_names(samples: Iterable[dict[str, Any]]) -> list[str]:
+    """The distinct names of the regions that classification turns ask about: the category names
+    the conversations teach (other regions' names can be phrases, VG's)."""
+    return sorted({region["name"] for sample in samples for task, _, _, regions in turns(sample)
+                   if task == "classification" for region in regions if region.get("name")})
+
+
+def rec_questions(samples: Iterable[dict[str, Any]], templates: Templates) -> list[dict[str, Any]]:
+    """Every REC question of the samples among two or more proposals, the target among them, as a
+    one-turn conversation of its own (its regions, the question, the right answer) with
+    `proposals`: how many it offers."""
+    return [{"id": sample["id"], "regions": regions, "proposals": len(regions), "conversations": [question, answer]}
+            for sample in samples for task, question, answer, regions in turns(sample)
+            if task == "rec" and len(regions) > 1 and answer["value"] != templates.prompts.rec_absent]
