@@ -1,6 +1,6 @@
 """dvc stage `base_models`: the tokenizer and the LLM RGPT starts from (the CLIP is base_clip's).
 
-Embedded: trained here on the conversations (a few CPU minutes). Paper: Vicuna-7B v1.5
+Embedded: trained here on REC drills and the conversations (~37 CPU minutes). Paper: Vicuna-7B v1.5
 snapshotted from the Hugging Face hub (HF_TOKEN from the environment).
 """
 
