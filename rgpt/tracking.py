@@ -108,12 +108,25 @@ def _experiment_id(mlflow) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
+def show_logs() -> None:
+    """rgpt's info lines (what a stage measured, what it skipped) in the stage's output: Python
+    passes a library's records on only from WARNING up until someone lowers its level. A flow's
+    root logger prints them (Prefect's handler); without one, a handler of rgpt's own does."""
+    logger = logging.getLogger("rgpt")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+
+
 @contextmanager
 def stage_run(stage: str, params: Params, **extra_tags: str) -> Iterator[Any]:
     """An MLflow run for one stage, with its params logged and the lineage tags set."""
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations on a fresh DB are noise
+    show_logs()
     mlflow.set_tracking_uri(tracking_uri())
     section = params.stage_params(stage)
     tags = {"rgpt.stage": stage, "rgpt.profile": params.profile, "rgpt.git_commit": git_commit(),

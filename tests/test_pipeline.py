@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -24,6 +25,7 @@ from rgpt.data.validate import DataContractError, check_gate
 from rgpt.eval import stages as eval_stages
 from rgpt.recap import clip_filter
 from rgpt.recap import stages as recap_stages
+from rgpt.tracking import show_logs
 from rgpt.train import stages as train_stages
 
 from conftest import REPO, small_synthetic_params
@@ -68,6 +70,17 @@ def test_dvc_yaml_matches_the_stage_code():
         assert set(STAGE_SECTIONS[name]) <= declared | {"profile"}, name
         metrics = [next(iter(m)) for m in stage["metrics"]]
         assert metrics == [f"reports/{name}/metrics.json"]
+
+
+def test_a_stage_shows_rgpt_info_lines(caplog):
+    logger = logging.getLogger("rgpt")
+    try:
+        logging.getLogger("rgpt.model.base").info("before")  # a library logger: silent below WARNING
+        show_logs()
+        logging.getLogger("rgpt.model.base").info("llm: held-out perplexity 1.2")
+    finally:
+        logger.setLevel(logging.NOTSET)
+    assert [r.getMessage() for r in caplog.records] == ["llm: held-out perplexity 1.2"]
 
 
 @pytest.fixture()
@@ -235,6 +248,11 @@ def test_make_data_and_dvc_repro_run_the_flows(tmp_path):
         curve = list(csv.DictReader(f))
     assert [int(c["step"]) for c in curve] == list(range(1, len(curve) + 1)) and checks > len(curve)  # and stage 1's
     assert all(float(c["heldout_classification_answer_loss"]) > 0 for c in curve)
+    # the base LLM's REC on fresh drills during its training (a DVC plot)
+    with open(repo / "reports/base_models/check_curve.csv") as f:
+        drills = list(csv.DictReader(f))
+    base_llm = json.loads((repo / "reports/base_models/metrics.json").read_text())["llm"]
+    assert [[int(c["step"]), float(c["drill_rec_accuracy"])] for c in drills] == base_llm["check_curve"]
 
     # one benchmark on its own, on the registered model
     out = run("rgpt", "eval", "rec", "--model", "models:/rgpt/1", "--max-questions", "2", "--out", "eval_rec")

@@ -164,4 +164,29 @@ def run_base_models(params: Params) -> StageResult:
     use_every_core()
     manifest = build_base_models(params, BASE_MODELS, conversations=CONVERSATIONS)
     metrics = {k: v for k, v in manifest.items() if k in ("tokenizer", "llm")}
-    return StageResult(metrics, {"metrics.json": write_json(REPORTS / "base_models" / "metrics.json", metrics)})
+    reports = REPORTS / "base_models"
+    llm = metrics.get("llm", {})
+    curve = [{"step": step, "drill_rec_accuracy": accuracy} for step, accuracy in llm.get("check_curve", [])]
+    return StageResult(metrics, {"metrics.json": write_json(reports / "metrics.json", metrics),
+                                 "check_curve.csv": write_csv(reports / "check_curve.csv", curve),
+                                 "check_curve.png": plot_check_curve(llm, reports / "check_curve.png")})
+
+
+def plot_check_curve(llm: dict[str, Any], path: Path) -> Path:
+    """The base LLM's REC on fresh drills during its training, against chance and the end of the
+    drills-alone phase; empty for an LLM from the hub (no drills, no curve)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if llm.get("check_curve"):
+        steps, accuracy = zip(*llm["check_curve"])
+        ax.plot(steps, accuracy, marker=".", label="fresh drills among 2..n proposals")
+        ax.axhline(llm["drill_rec_chance"], color="grey", linestyle="--", linewidth=0.8, label="chance")
+        if llm.get("first_steps"):
+            ax.axvline(llm["first_steps"], color="grey", linewidth=0.5, label="end of the drills-alone phase")
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set(title="base_models: LLM REC accuracy during training", xlabel="optimizer step", ylabel="accuracy",
+           ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
