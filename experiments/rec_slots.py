@@ -40,54 +40,39 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
 from rgpt.config import load_params
-from rgpt.data.conversations import classification_turns, rec_turns, region_name
 from rgpt.data.records import DatasetSplit
 from rgpt.data.stages import VALIDATED
-from rgpt.data.templates import IMAGE, load_templates
-from rgpt.eval.heldout import Question, answer_questions, is_right, requests
+from rgpt.eval.heldout import Question, answer_questions, heldout_questions, is_right, requests
 from rgpt.model.inference import answer_losses
 from rgpt.model.modeling_rgpt import RGPTForConditionalGeneration
 from rgpt.model.processing_rgpt import RGPTProcessor
 
 
-def questions_with_names(images: int, seed: int, max_proposals: int) -> tuple[list[Question], list[list[str]]]:
-    """The held-out questions (`rgpt.eval.heldout.heldout_questions`' recipe) and their regions' names."""
-    templates, rng = load_templates(), random.Random(seed)
-    questions, names = [], []
-    for task, split in (("classification", "coco_val"), ("rec", "refcocog_val")):
-        records = [r for r in DatasetSplit.load(VALIDATED, split).records if r.regions]
-        for record in rng.sample(records, min(images, len(records))):
-            turns = (classification_turns(record, templates, rng, 1) if task == "classification"
-                     else rec_turns(record, templates, rng, max_proposals, 0.0))
-            for turn in turns:
-                regions = [{"box": r.box, "segmentation": r.segmentation} for r in turn.regions]
-                questions.append(Question(task, record.file_name, f"{IMAGE}\n{turn.question}", regions, turn.answer))
-                names.append([region_name(r, record) for r in turn.regions])
-    return questions, names
-
-
 class NamedSlots:
     """Replaces the model's region embeddings, batch by batch, with the mean input embedding of
-    each region's name (`base.slot_embeddings`), in the order the regions are encoded."""
+    each region's name (`base.slot_embeddings`); `queue`: the names in the order the regions are
+    encoded."""
 
-    def __init__(self, model: RGPTForConditionalGeneration, tokenizer, names: list[str]):
-        embed = model.get_input_embeddings()
-        with torch.no_grad():
-            self.rows = torch.stack([embed(torch.tensor(tokenizer(f" {n}", add_special_tokens=False).input_ids)).mean(0)
-                                     for n in names])
-        self.next = 0
+    def __init__(self, model: RGPTForConditionalGeneration, tokenizer):
+        self.embed, self.tokenizer = model.get_input_embeddings(), tokenizer
+        self.rows: dict[str, torch.Tensor] = {}
+        self.queue: list[str] = []
+
+    def row(self, name: str) -> torch.Tensor:
+        if name not in self.rows:
+            ids = torch.tensor(self.tokenizer(f" {name}", add_special_tokens=False).input_ids)
+            self.rows[name] = self.embed(ids).mean(0)
+        return self.rows[name]
 
     def __call__(self, refined, masks, image_index) -> torch.Tensor:
-        rows = self.rows[self.next:self.next + len(masks)]
-        self.next += len(masks)
-        return rows
+        names, self.queue = self.queue[:len(masks)], self.queue[len(masks):]
+        return torch.stack([self.row(n) for n in names])
 
 
 def forced_choice(model, processor, questions: list[Question], asked, rows: list[int],
@@ -120,19 +105,18 @@ def main() -> None:
     if args.image_tokens:
         model.config.image_tokens = [args.image_tokens, args.image_tokens]
         processor.config = dataclasses.replace(processor.config, num_image_tokens=args.image_tokens ** 2)
-    questions, names = questions_with_names(args.images, params.train.seed, params.conversations.rec_max_proposals)
+    questions = heldout_questions(DatasetSplit.load(VALIDATED, "coco_val"), DatasetSplit.load(VALIDATED, "refcocog_val"),
+                                  args.images, params.train.seed, params.conversations.rec_max_proposals)
     asked = requests(questions, params.data.root)
     rec = [i for i, q in enumerate(questions) if q.task == "rec"]
     reset = lambda: None  # noqa: E731
     if args.slots == "names":
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        slots = NamedSlots(model, tokenizer, [n for row in names for n in row])
+        slots = NamedSlots(model, AutoTokenizer.from_pretrained(args.model))
+        slots.queue = [n for q in questions for n in q.names]
         model.encode_regions = slots
 
         def reset() -> None:  # the forced choice asks each REC question once per proposal
-            slots.rows = torch.cat([NamedSlots(model, tokenizer, names[i]).rows
-                                    for i in rec for _ in questions[i].regions])
-            slots.next = 0
+            slots.queue = [n for i in rec for _ in questions[i].regions for n in questions[i].names]
     with torch.no_grad():
         answers = answer_questions(model, processor, asked)
         chosen = forced_choice(model, processor, questions, asked, rec, reset)
@@ -141,7 +125,7 @@ def main() -> None:
         right = sum(is_right(task, answers[i], questions[i].answer) for i in rows) / len(rows)
         print(f"{task}: {right:.3f} generated ({len(rows)} questions)")
     forced = [f"Region [{k}]." == questions[i].answer for i, k in zip(rec, chosen)]
-    unique = [names[i].count(names[i][int(questions[i].answer[8:-2]) - 1]) == 1 for i in rec]
+    unique = [questions[i].names.count(questions[i].names[int(questions[i].answer[8:-2]) - 1]) == 1 for i in rec]
     chance = sum(1 / len(questions[i].regions) for i in rec) / len(rec)
     print(f"rec: {sum(forced) / len(rec):.3f} forced choice (chance {chance:.3f}); "
           f"{sum(unique)} of {len(rec)} targets the only proposal of their name")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -14,10 +14,13 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+def write_csv(path: Path, rows: list[dict[str, Any]], fields: Sequence[str] = ()) -> Path:
+    """`rows` under the header of the first row's keys; `fields`: the header of a table without rows."""
+    if not rows and not fields:
+        raise ValueError(f"{path}: no rows, and no field names for the header")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(fields))
         writer.writeheader()
         writer.writerows(rows)
     return path

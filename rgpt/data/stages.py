@@ -89,7 +89,8 @@ def finish_validation(params: Params, reports: list[validate.ValidationReport]) 
     reasons = [{"split": r.name, "reason": reason, "count": n} for r in reports for reason, n in r.reasons.items()]
     return StageResult(metrics, {
         "metrics.json": write_json(VALIDATE_REPORTS / "metrics.json", metrics),
-        "quarantine_by_reason.csv": write_csv(VALIDATE_REPORTS / "quarantine_by_reason.csv", reasons),
+        "quarantine_by_reason.csv": write_csv(VALIDATE_REPORTS / "quarantine_by_reason.csv", reasons,
+                                              ["split", "reason", "count"]),
         "quarantine.jsonl": QUARANTINE,
         "data_docs": reports[0].docs_index.parent,
     })

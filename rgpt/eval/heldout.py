@@ -20,14 +20,14 @@ import random
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 from PIL import Image
 
-from ..data.conversations import classification_turns, rec_turns
+from ..data.conversations import classification_turns, rec_turns, region_name
 from ..data.records import DatasetSplit
 from ..data.templates import IMAGE, load_templates
 from ..model.inference import Request, answer, answer_losses
@@ -44,6 +44,7 @@ class Question:
     question: str
     regions: list[dict[str, Any]]
     answer: str  # the right answer
+    names: list[str | None] = field(default_factory=list)  # the regions' names, never shown to the model
 
 
 def heldout_questions(coco_val: DatasetSplit, refcocog_val: DatasetSplit, images: int, seed: int,
@@ -60,7 +61,8 @@ def heldout_questions(coco_val: DatasetSplit, refcocog_val: DatasetSplit, images
                 turns = rec_turns(record, templates, rng, max_proposals, absent_ratio=0.0)
             for turn in turns:
                 regions = [{"box": r.box, "segmentation": r.segmentation} for r in turn.regions]
-                questions.append(Question(task, record.file_name, f"{IMAGE}\n{turn.question}", regions, turn.answer))
+                questions.append(Question(task, record.file_name, f"{IMAGE}\n{turn.question}", regions, turn.answer,
+                                          [region_name(r, record) for r in turn.regions]))
     return questions
 
 

@@ -82,7 +82,8 @@ def write_reports(metrics: dict[str, Any], figures: dict[str, Any], params: Para
     if "ap_per_category" in figures:
         ap = figures["ap_per_category"]
         artifacts["ap_per_category.csv"] = write_csv(reports / "ap_per_category.csv",
-                                                     [{"category": k, "ap": v} for k, v in sorted(ap.items())])
+                                                     [{"category": k, "ap": v} for k, v in sorted(ap.items())],
+                                                     ["category", "ap"])
         artifacts["ap_per_category.png"] = plot_ap_per_category(ap, reports / "ap_per_category.png")
     if "pope" in metrics:
         artifacts["pope.png"] = plot_pope(metrics["pope"], reports / "pope.png")

@@ -110,7 +110,7 @@ def report_stage(stage: int) -> StageResult:
     return StageResult(metrics, {
         "metrics.json": write_json(reports / "metrics.json", metrics),
         "loss.csv": write_csv(reports / "loss.csv", [{k: s[k] for k in ("step", "loss", "lr")} for s in steps]),
-        "heldout.csv": write_csv(reports / "heldout.csv", curve),
+        "heldout.csv": write_csv(reports / "heldout.csv", curve, ["step"]),
         "loss.png": plot_loss(steps, curve, reports / "loss.png", f"train_stage{stage}"),
         "heldout_examples.json": write_json(reports / "heldout_examples.json", heldout["examples"]),
     })
@@ -168,7 +168,8 @@ def run_base_models(params: Params) -> StageResult:
     llm = metrics.get("llm", {})
     curve = [{"step": step, "drill_rec_accuracy": accuracy} for step, accuracy in llm.get("check_curve", [])]
     return StageResult(metrics, {"metrics.json": write_json(reports / "metrics.json", metrics),
-                                 "check_curve.csv": write_csv(reports / "check_curve.csv", curve),
+                                 "check_curve.csv": write_csv(reports / "check_curve.csv", curve,
+                                                                ["step", "drill_rec_accuracy"]),
                                  "check_curve.png": plot_check_curve(llm, reports / "check_curve.png")})
 
 
