@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel
 
 from rgpt.config import load_params
@@ -38,11 +37,7 @@ def main() -> None:
     names = [split.categories[k] for k in sorted(split.categories)]
     examples = base.region_images([split], Path(params.data.root), params.base_models.clip.image_size)
     layer = params.model.vision_feature_layer
-    with torch.no_grad():
-        text = F.normalize(base.text_features(model, tokenizer, names), dim=-1)
-        predicted = [names[i] for start in range(0, len(examples), 64)
-                     for i in (F.normalize(base.region_features(model, examples[start:start + 64], layer), dim=-1)
-                               @ text.T).argmax(dim=1).tolist()]
+    predicted = base.zero_shot_predictions(model, tokenizer, examples, names, layer)
     labels = [texts[0] for e in examples for texts in e.texts]
     share = lambda right: sum(right) / len(labels)  # noqa: E731
     print(f"{args.split}: {len(labels)} regions, {len(names)} names")

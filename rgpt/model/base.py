@@ -306,20 +306,26 @@ def train_clip(examples: Sequence[RegionImage], tokenizer: PreTrainedTokenizerBa
 
 
 @torch.no_grad()
+def zero_shot_predictions(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[RegionImage],
+                          names: Sequence[str], layer: int = -1, batch_size: int = 64) -> list[str]:
+    """The most similar name, among `names`, for each region of `examples`, in order."""
+    text = F.normalize(text_features(model, tokenizer, names), dim=-1)  # (K, P)
+    predicted = []
+    for start in range(0, len(examples), batch_size):
+        image = F.normalize(region_features(model, examples[start:start + batch_size], layer), dim=-1)  # (R, P)
+        predicted += [names[i] for i in (image @ text.T).argmax(dim=1).tolist()]
+    return predicted
+
+
 def zero_shot_accuracy(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[RegionImage],
-                       names: Sequence[str], layer: int = -1, batch_size: int = 64) -> float:
+                       names: Sequence[str], layer: int = -1) -> float:
     """Share of regions whose most similar name, among `names`, is their own (their first text)."""
     labels = [texts[0] for e in examples for texts in e.texts]
     unknown = sorted(set(labels) - set(names))
     if unknown:
         raise ValueError(f"labels {unknown[:5]} are not among the {len(names)} class names")
-    text = F.normalize(text_features(model, tokenizer, names), dim=-1)  # (K, P)
-    predicted = []
-    for start in range(0, len(examples), batch_size):
-        image = F.normalize(region_features(model, examples[start:start + batch_size], layer), dim=-1)  # (R, P)
-        predicted += (image @ text.T).argmax(dim=1).tolist()
-    index = {name: i for i, name in enumerate(names)}
-    return float(np.mean([p == index[label] for p, label in zip(predicted, labels)]))
+    predicted = zero_shot_predictions(model, tokenizer, examples, names, layer)
+    return float(np.mean([p == label for p, label in zip(predicted, labels)]))
 
 
 # ----------------------------------------------------------------------------------------- LLM
