@@ -27,7 +27,7 @@ from conftest import REPO
 TINY_CLIP = ClipParams(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, text_hidden_size=64,
                        text_layers=1, projection_dim=16, epochs=1, batch_size=8, learning_rate=3e-3)
 TINY_LLM = LlmParams(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, max_length=32, epochs=1,
-                     batch_size=4, learning_rate=1e-2, rec_drills_first=8, rec_drills=8)
+                     batch_size=4, learning_rate=1e-2, rec_drills_first=8, rec_first_target=0.9, rec_drills=8)
 
 
 def unnormalise(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -257,6 +257,36 @@ def test_pack_cuts_the_token_stream_into_blocks_and_names_each_region_slot(token
         base.pack([{**SAMPLES[0], "regions": SAMPLES[0]["regions"][:1]}], tokenizer, 32)
 
 
+def test_pack_expands_each_image_token_into_as_many_as_rgpt_puts_there(tokenizer):
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    stream = [j for ids in tokenizer([base.render_conversation(s) for s in SAMPLES]).input_ids
+              for i in ids for j in ([i] * 5 if i == image else [i])]
+    one, five = base.pack(SAMPLES, tokenizer, 32), base.pack(SAMPLES, tokenizer, 32, image_tokens=5)
+    assert five.ids.flatten().tolist() == stream[:five.ids.numel()]
+    assert (five.ids == image).sum() > 4 * (one.ids == image).sum() > 0
+    # the same regions in the same slots, only further on
+    assert five.slots[five.slots >= 0].tolist() == one.slots[one.slots >= 0].tolist()[:int((five.slots >= 0).sum())]
+
+
+def test_the_llm_trains_with_as_many_image_tokens_as_rgpts_config_gives():
+    params = load_params(REPO / "params.yaml")
+    h, w = params.model.image_tokens
+    assert base.rgpt_image_tokens(params) == h * w
+    tower_grid = params.model_copy(update={"model": params.model.model_copy(update={"image_tokens": None}),
+                                           "base_models": params.base_models.model_copy(update={
+                                               "clip": TINY_CLIP})})
+    assert base.rgpt_image_tokens(tower_grid) == (TINY_CLIP.image_size // TINY_CLIP.patch_size) ** 2 == 4
+
+
+def test_with_image_puts_one_image_token_in_front_of_the_first_question():
+    drill = sample(None, "Which is it? <region>", "Region [1].", "And now? <region>", "Region [1].",
+                   names=("a", "b"))
+    image = base.with_image(drill)
+    assert image["conversations"][0]["value"] == "<image>\nWhich is it? <region>"
+    assert image["conversations"][1:] == drill["conversations"][1:] and image["regions"] == drill["regions"]
+    assert base.with_image(image) == image and base.with_image(SAMPLES[0]) == SAMPLES[0]
+
+
 def test_slot_embeddings_put_the_mean_of_the_names_token_embeddings_in_each_named_slot(tokenizer):
     unnamed = sample("a.jpg", "<image>\n<region> and <region>?", "a", names=("red circle", None))
     blocks = base.pack([SAMPLES[0], unnamed] * 4, tokenizer, 16)
@@ -303,6 +333,23 @@ def test_llm_trains_on_the_first_blocks_then_the_epochs_and_checks_itself_on_the
     assert modes == [False] * len(expected)  # checked in eval mode, trained in train mode
     assert base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, progress=False)[1].keys().isdisjoint(
         {"first_steps", "check_curve"})
+
+
+def test_llm_leaves_the_first_blocks_once_their_check_reaches_the_target(tokenizer):
+    blocks, first = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length), base.pack(SAMPLES * 8, tokenizer, 16)
+    first_batches, epoch_steps = math.ceil(len(first) / 4), math.ceil(len(blocks) / 4)
+    assert first_batches > 9
+    figures = [0.0, 0.4, 0.8, 0.9]  # the check's figure at steps 3, 6, 9, 12 of the first blocks
+    _, reached = base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, first=first, first_check=lambda _: figures.pop(0),
+                                first_target=0.8, check_every=3, progress=False)
+    assert reached["first_steps"] == 9 and reached["steps"] == 9 + epoch_steps
+    assert reached["first_curve"] == [[3, 0.0], [6, 0.4], [9, 0.8]] and reached["first_reached_target"]
+    assert reached["first_tokens"] == 9 * 4 * 16
+    # a target never reached: every first block, then the epochs
+    _, missed = base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, first=first, first_check=lambda _: 0.5,
+                               first_target=0.8, check_every=3, progress=False)
+    assert missed["first_steps"] == first_batches and missed["steps"] == first_batches + epoch_steps
+    assert not missed["first_reached_target"] and len(missed["first_curve"]) == first_batches // 3
 
 
 def test_llm_learns_to_read_what_a_region_slot_holds(tokenizer):
@@ -386,9 +433,12 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
     assert clip_manifest["clip"]["zero_shot_regions"] == sum(len(r.regions) for r in val.records)
     assert 0 <= clip_manifest["clip"]["zero_shot_accuracy"] <= 1
     assert manifest["llm"]["heldout_conversations"] > 0 and manifest["llm"]["heldout_perplexity"] > 1
+    assert manifest["llm"]["image_tokens"] == base.rgpt_image_tokens(tiny_params(corpus)) == 64
     # REC with named slots, on the held-out RefCOCOg questions and on fresh drills among 2..6 proposals
     assert manifest["llm"]["rec_drills"] == manifest["llm"]["rec_drills_first"] == 8
     assert manifest["llm"]["first_steps"] > 0 and manifest["llm"]["check_curve"][-1][0] == manifest["llm"]["steps"]
+    # too few first drills for a check every 250 steps: all of them trained on, the target not reached
+    assert manifest["llm"]["first_target"] == 0.9 and manifest["llm"]["first_reached_target"] is False
     assert manifest["llm"]["drill_rec_questions"] == base.REC_HELDOUT_DRILLS
     assert manifest["llm"]["heldout_rec_questions"] > 0
     for name in ("heldout", "drill"):

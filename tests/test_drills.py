@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 from transformers import LlamaForCausalLM
 
 from rgpt.config import LlmParams
@@ -79,3 +80,18 @@ def test_rec_accuracy_counts_the_answer_the_llm_finds_most_likely():
     per_question = [base.rec_accuracy(llm, tokenizer, [q], T) + base.rec_accuracy(llm, tokenizer, [f], T)
                     for q, f in zip(questions, flipped)]
     assert per_question == [1.0] * 20
+
+
+def test_rec_accuracy_scores_the_answer_after_the_image_tokens():
+    # an answer's summed loss is the LLM's over the whole conversation, `<image>` as n tokens
+    samples = drills.rec_drills(NAMES, 5, 1, 2, T, seed=0)
+    tokenizer = base.train_tokenizer(map(base.render_conversation, samples), 600, 256)
+    llm = LlamaForCausalLM(base.llm_config(LlmParams(hidden_size=64, num_layers=1, num_heads=1,
+                                                      intermediate_size=128), tokenizer)).eval()
+    question = base.with_image({**drills.rec_questions(samples, T)[0], "regions": [{"name": None}] * 2})
+    ids = tokenizer(base.render_conversation(question)).input_ids
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    expanded = torch.tensor([[j for i in ids for j in ([i] * 3 if i == image else [i])]])
+    with torch.no_grad():
+        loss = llm(input_ids=expanded, labels=expanded).loss.item() * (expanded.shape[1] - 1)
+    assert base._summed_loss(llm, tokenizer, question, 3) == pytest.approx(loss, rel=1e-5)

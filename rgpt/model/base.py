@@ -42,7 +42,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm import tqdm
 from transformers import (AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
-                          get_cosine_schedule_with_warmup)
+                          get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup)
 
 from ..config import BaseModelsParams, ClipParams, HubParams, LlmParams, Params
 from ..data.conversations import category_answer, read_conversations
@@ -70,6 +70,7 @@ CONVERSATION_FILES = ("pretrain.jsonl", "finetune.jsonl")
 HELDOUT_FRACTION = 0.05  # of the conversations' images, whose conversations the LLM never trains on
 REC_HELDOUT_DRILLS = 200  # fresh REC drills (`drills.rec_drill`, one question each) the LLM is scored on
 REC_CHECK_QUESTIONS = 50  # of them, scored every 250 steps during training (the REC curve)
+REC_FIRST_CHECK_QUESTIONS = 100  # fresh drills among two that end the drills-alone phase (LlmParams.rec_first_target)
 
 # Training constants shared by both models (nanoGPT's choices for small transformers).
 WEIGHT_DECAY = 0.1  # on matrices only; biases, norms and embeddings' scales decay to nothing otherwise
@@ -367,15 +368,23 @@ class Blocks:
         return [self[i:i + size] for i in range(0, len(self), size)]
 
 
-def pack(samples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, length: int) -> Blocks:
+def pack(samples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, length: int,
+         image_tokens: int = 1) -> Blocks:
     """The conversations' tokens (each starting with <s>) end to end, cut into blocks of `length`;
     the last, incomplete block is dropped (nanoGPT's packing: no padding, no wasted compute). The
-    k-th `<region>` token of a conversation is slot `regions[k]["name"]` (`Blocks`)."""
-    region_id = tokenizer.convert_tokens_to_ids(REGION)
+    k-th `<region>` token of a conversation is slot `regions[k]["name"]` (`Blocks`).
+
+    image_tokens: how many `<image>` ids each `<image>` becomes, as RGPTProcessor expands it for
+    RGPT's image tokens. Why: an LLM that has only seen one `<image>` token loses its REC behind
+    64 of them (held-out RefCOCOg 0.63 -> 0.30, chance 0.34: README "REC"); trained with as many
+    as RGPT puts there, it learns to read the question past them.
+    """
+    region_id, image_id = tokenizer.convert_tokens_to_ids(REGION), tokenizer.convert_tokens_to_ids(IMAGE)
     table: dict[str, int] = {}
     stream: list[int] = []
     slots: list[int] = []
     for sample, ids in zip(samples, tokenizer([render_conversation(s) for s in samples]).input_ids):
+        ids = [j for i in ids for j in ([i] * image_tokens if i == image_id else [i])]
         names = [region.get("name") for region in sample["regions"]]
         if ids.count(region_id) != len(names):
             raise ValueError(f"conversation {sample.get('id')}: {ids.count(region_id)} {REGION} tokens for "
@@ -416,43 +425,72 @@ def slot_embeddings(embed: torch.nn.Embedding, blocks: Blocks, *, fill: bool = T
 
 
 def train_llm(blocks: Blocks, tokenizer: PreTrainedTokenizerBase, params: LlmParams, seed: int, *,
-              first: Blocks | None = None, check: Callable[[LlamaForCausalLM], float] | None = None,
+              first: Blocks | None = None, first_check: Callable[[LlamaForCausalLM], float] | None = None,
+              first_target: float = 0.0, check: Callable[[LlamaForCausalLM], float] | None = None,
               check_every: int = 250, progress: bool = True) -> tuple[LlamaForCausalLM, dict[str, Any]]:
     """A Llama trained from scratch for next-token prediction on packed blocks (`pack`).
 
-    first: blocks trained on once, alone, before the epochs over `blocks` (a curriculum), under the
-    same learning-rate schedule. check: a figure of the model taken every `check_every` steps and
-    at the end (`check_curve`: [step, figure] pairs).
+    first: blocks trained on alone before the epochs over `blocks` (a curriculum), at the peak
+    learning rate after a warm-up (`params.rec_first_warmup` steps), until `first_check(model)`, taken every `check_every` steps, is
+    at least `first_target` (`first_curve`), or until they run out. The epochs over `blocks` then
+    get a warm-up and a cosine schedule of their own. Why: the REC skill the first blocks teach
+    appears after a plateau whose length varies from run to run (1,000 to 3,300 steps, README
+    "REC"); under one cosine over both parts, the second part's length moved the first part's rates,
+    and with them whether the skill appeared at all. check: a figure of the model taken every
+    `check_every` steps and at the end (`check_curve`: [step, figure] pairs).
     """
     seed_everything(seed)
     model = LlamaForCausalLM(llm_config(params, tokenizer))
     order = torch.Generator().manual_seed(seed)
     first_batches = torch.randperm(len(first), generator=order).split(params.batch_size) if first else ()
-    batches_per_epoch = math.ceil(len(blocks) / params.batch_size)
-    steps = len(first_batches) + params.epochs * batches_per_epoch
-    optimizer, scheduler = _optimizer(model, params.learning_rate, steps)
-    losses, curve = [], []
+    batches = [batch for _ in range(params.epochs)
+               for batch in torch.randperm(len(blocks), generator=order).split(params.batch_size)]
+    optimizer = _adamw(model, params.learning_rate)
+    losses, curve, first_curve = [], [], []
+    figures: dict[str, Any] = {}
     model.train()
-    with tqdm(total=steps, desc="llm", disable=not progress) as bar:
-        schedule = [(first, batch) for batch in first_batches] + [
-            (blocks, batch) for _ in range(params.epochs)
-            for batch in torch.randperm(len(blocks), generator=order).split(params.batch_size)]
-        for source, batch in schedule:
+    bar = tqdm(total=len(first_batches) + len(batches), desc="llm", disable=not progress)
+
+    def checked(name: str, figure: Callable[[LlamaForCausalLM], float], into: list) -> float:
+        model.eval()
+        into.append([len(losses), figure(model)])
+        model.train()
+        log.info("llm step %d: %s %.3f", len(losses), name, into[-1][1])
+        return into[-1][1]
+
+    def train(source: Blocks, schedule: Sequence[torch.Tensor], scheduler,
+              done: Callable[[], bool] | None = None) -> None:
+        for batch in schedule:
             loss = lm_loss(model, source[batch])
             _step(model, loss, optimizer, scheduler)
             losses.append(loss.item())
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            if check and (len(losses) % check_every == 0 or len(losses) == steps):
-                model.eval()
-                curve.append([len(losses), check(model)])
-                model.train()
-                log.info("llm step %d: %.3f", *curve[-1])
-    model.eval()
-    figures = {"train_tokens": blocks.ids.numel(), "steps": len(losses), "first_loss": losses[0],
-               "last_epoch_loss": float(np.mean(losses[-batches_per_epoch:]))}
+            if len(losses) % check_every == 0:
+                if check:
+                    checked("REC check", check, curve)
+                if done and done():
+                    return
+
     if first:
-        figures["first_tokens"], figures["first_steps"] = first.ids.numel(), len(first_batches)
+        reached = (lambda: checked("first check", first_check, first_curve) >= first_target) if first_check else None
+        warmup = params.rec_first_warmup or math.ceil(WARMUP_RATIO * len(first_batches))
+        train(first, first_batches, get_constant_schedule_with_warmup(optimizer, warmup), reached)
+        steps = len(losses)
+        figures |= {"first_steps": steps, "first_tokens": sum(map(len, first_batches[:steps])) * first.ids.shape[1]}
+        if first_check:
+            figures |= {"first_curve": first_curve, "first_target": first_target,
+                        "first_reached_target": bool(first_curve) and first_curve[-1][1] >= first_target}
+        bar.total = steps + len(batches)
+    train(blocks, batches, get_cosine_schedule_with_warmup(optimizer, math.ceil(WARMUP_RATIO * len(batches)),
+                                                           len(batches)))
+    bar.close()
+    if check and len(losses) % check_every:
+        checked("REC check", check, curve)
+    model.eval()
+    batches_per_epoch = math.ceil(len(blocks) / params.batch_size)
+    figures |= {"train_tokens": blocks.ids.numel(), "steps": len(losses), "first_loss": losses[0],
+                "last_epoch_loss": float(np.mean(losses[-batches_per_epoch:]))}
     return model, figures | ({"check_curve": curve} if check else {})
 
 
@@ -471,24 +509,36 @@ def perplexity(model: LlamaForCausalLM, blocks: Blocks, batch_size: int = 16, *,
 
 @torch.no_grad()
 def rec_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, questions: Sequence[dict[str, Any]],
-                 templates: Templates) -> float:
+                 templates: Templates, image_tokens: int = 1) -> float:
     """Share of REC questions (`drills.rec_questions`) whose right answer the LLM finds most likely
     among "Region [1]." .. "Region [n].", its slots holding their regions' names: the REC the base
-    LLM brings to RGPT when a slot holds what it should."""
+    LLM brings to RGPT when a slot holds what it should. image_tokens: as `pack`'s."""
     right = 0
     for question in questions:
         answers = [templates.prompts.rec_answer.format(index=k) for k in range(1, question["proposals"] + 1)]
         # the question's tokens are the same for every answer: the summed losses differ by the answers'
         losses = [_summed_loss(model, tokenizer, {**question, "conversations": [question["conversations"][0],
-                                                                               {"from": "gpt", "value": a}]})
+                                                                               {"from": "gpt", "value": a}]},
+                               image_tokens)
                   for a in answers]
         right += answers[int(np.argmin(losses))] == question["conversations"][1]["value"]
     return right / max(1, len(questions))
 
 
-def _summed_loss(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, sample: dict[str, Any]) -> float:
-    length = len(tokenizer(render_conversation(sample)).input_ids)
-    return lm_loss(model, pack([sample], tokenizer, length)).item() * (length - 1)
+def _summed_loss(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, sample: dict[str, Any],
+                 image_tokens: int) -> float:
+    ids = tokenizer(render_conversation(sample)).input_ids
+    length = len(ids) + ids.count(tokenizer.convert_tokens_to_ids(IMAGE)) * (image_tokens - 1)
+    return lm_loss(model, pack([sample], tokenizer, length, image_tokens)).item() * (length - 1)
+
+
+def with_image(sample: dict[str, Any]) -> dict[str, Any]:
+    """`sample` with `<image>` in front of its first question, where the conversations put it,
+    unless it has one: a text-only drill or question as RGPT asks it, after the image's tokens."""
+    first, *rest = sample["conversations"]
+    if IMAGE in first["value"]:
+        return sample
+    return {**sample, "conversations": [{**first, "value": f"{IMAGE}\n{first['value']}"}, *rest]}
 
 
 def heldout_images(samples: Sequence[dict[str, Any]], fraction: float, seed: int) -> set[str]:
@@ -501,13 +551,18 @@ def heldout_images(samples: Sequence[dict[str, Any]], fraction: float, seed: int
 # ------------------------------------------------------------------------------- both models
 
 
-def _optimizer(model: torch.nn.Module, learning_rate: float,
-               steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with weight decay on matrices only, and a cosine schedule after a linear warm-up."""
+def _adamw(model: torch.nn.Module, learning_rate: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate, betas=(0.9, 0.98))
+    return torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate, betas=(0.9, 0.98))
+
+
+def _optimizer(model: torch.nn.Module, learning_rate: float,
+               steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """`_adamw` and a cosine schedule after a linear warm-up."""
+    optimizer = _adamw(model, learning_rate)
     return optimizer, get_cosine_schedule_with_warmup(optimizer, math.ceil(WARMUP_RATIO * steps), steps)
 
 
@@ -571,7 +626,8 @@ def build_base_models(params: Params, out_dir: Path, *, conversations: Path,
         manifest = fetch_from_hub(bm.hub, staging, snapshot or _snapshot)
     else:
         manifest = train_base_models(bm, staging, conversations=Path(conversations),
-                                     rec_max_proposals=params.conversations.rec_max_proposals, progress=progress)
+                                     rec_max_proposals=params.conversations.rec_max_proposals,
+                                     image_tokens=rgpt_image_tokens(params), progress=progress)
     manifest = {"source": bm.source, "params": json.loads(bm.model_dump_json()), **manifest}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -592,10 +648,19 @@ def _refuse_foreign(out_dir: Path, manifest: str, ignore: Sequence[str]) -> None
                               "wrote; move them away or choose another output directory")
 
 
+def rgpt_image_tokens(params: Params) -> int:
+    """How many image tokens RGPT puts where `<image>` stands (`RGPTConfig.num_image_tokens`) with
+    the embedded CLIP."""
+    clip = params.base_models.clip
+    h, w = params.model.image_tokens or (clip.image_size // clip.patch_size,) * 2
+    return h * w
+
+
 def train_base_models(params: BaseModelsParams, out_dir: Path, *, conversations: Path, rec_max_proposals: int,
-                      progress: bool = True) -> dict[str, Any]:
+                      image_tokens: int = 1, progress: bool = True) -> dict[str, Any]:
     """Train the tokenizer and the LLM on the conversations (and REC drills among up to
-    `rec_max_proposals` regions: `drills`); save them; return their figures."""
+    `rec_max_proposals` regions: `drills`), each `<image>` as `image_tokens` tokens (`pack`); save
+    them; return their figures."""
     samples = [sample for name in CONVERSATION_FILES for sample in read_conversations(conversations / name)]
     started = time.perf_counter()
     tokenizer = train_tokenizer(corpus_texts(samples, load_templates()), params.tokenizer.vocab_size,
@@ -604,7 +669,7 @@ def train_base_models(params: BaseModelsParams, out_dir: Path, *, conversations:
     log.info("tokenizer: %d tokens in %.0f s", len(tokenizer), time.perf_counter() - started)
     return {"tokenizer": tokenizer_summary(tokenizer),
             "llm": _train_and_save_llm(params, tokenizer, samples, out_dir / LLM_DIR, rec_max_proposals,
-                                       progress)}
+                                       image_tokens, progress)}
 
 
 def clip_texts(splits: Iterable[DatasetSplit]) -> list[str]:
@@ -656,36 +721,45 @@ def train_base_clip(params: BaseModelsParams, out_dir: Path, *, data_root: Path,
 
 def _train_and_save_llm(params: BaseModelsParams, tokenizer: PreTrainedTokenizerFast,
                         samples: Sequence[dict[str, Any]], out_dir: Path, rec_max_proposals: int,
-                        progress: bool) -> dict[str, Any]:
+                        image_tokens: int, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     held = heldout_images(samples, HELDOUT_FRACTION, params.seed)
     train = [s for s in samples if s["image"] not in held]
     heldout = [s for s in samples if s["image"] in held]
     templates, llm_params = load_templates(), params.llm
     names = drills.category_names(train)
-    # REC's skill appears among two proposals first (drills.py): drills among two alone, then
-    # drills among up to rec_max_proposals beside the conversations
+    # REC's skill appears among two proposals first (drills.py): drills among two alone, in plain
+    # text, until fresh ones among two are answered right (`train_llm`), then drills among up to
+    # rec_max_proposals beside the conversations, after the image's tokens as RGPT asks them (`pack`)
     first = drills.rec_drills(names, llm_params.rec_drills_first, llm_params.rec_drill_turns, 2, templates,
                               params.seed + 1)
-    rec_drills = drills.rec_drills(names, llm_params.rec_drills, llm_params.rec_drill_turns, rec_max_proposals,
-                                   templates, params.seed)
+    among_two = drills.rec_questions(drills.rec_drills(names, REC_FIRST_CHECK_QUESTIONS, 1, 2, templates,
+                                                       params.seed + 3), templates)
+    rec_drills = [with_image(drill) for drill in drills.rec_drills(
+        names, llm_params.rec_drills, llm_params.rec_drill_turns, rec_max_proposals, templates, params.seed)]
     fresh = drills.rec_questions(drills.rec_drills(names, REC_HELDOUT_DRILLS, 1, rec_max_proposals, templates,
                                                    params.seed + 2), templates)
-    llm, figures = train_llm(pack(train + rec_drills, tokenizer, llm_params.max_length), tokenizer, llm_params,
-                             params.seed, first=pack(first, tokenizer, llm_params.max_length) if first else None,
+    llm, figures = train_llm(pack(train + rec_drills, tokenizer, llm_params.max_length, image_tokens), tokenizer,
+                             llm_params, params.seed,
+                             first=pack(first, tokenizer, llm_params.max_length) if first else None,
+                             first_check=(lambda model: rec_accuracy(model, tokenizer, among_two, templates))
+                             if llm_params.rec_first_target else None,
+                             first_target=llm_params.rec_first_target,
                              check=lambda model: rec_accuracy(model, tokenizer, fresh[:REC_CHECK_QUESTIONS], templates),
                              progress=progress)
-    heldout_blocks = pack(heldout, tokenizer, llm_params.max_length)
+    heldout_blocks = pack(heldout, tokenizer, llm_params.max_length, image_tokens)
     # the gap between the two perplexities says how much the LLM reads its region slots
-    figures |= {"rec_drills_first": len(first), "rec_drills": len(rec_drills), "heldout_conversations": len(heldout),
+    figures |= {"image_tokens": image_tokens, "rec_drills_first": len(first), "rec_drills": len(rec_drills),
+                "heldout_conversations": len(heldout),
                 "heldout_tokens": heldout_blocks.ids.numel(),
                 "heldout_perplexity": perplexity(llm, heldout_blocks),
                 "heldout_perplexity_unnamed_slots": perplexity(llm, heldout_blocks, fill=False)}
-    # REC with each slot holding its region's name: on the held-out conversations' questions
-    # (RefCOCOg's expressions) and on fresh drills
+    # REC with each slot holding its region's name, after the image's tokens as RGPT asks it: on
+    # the held-out conversations' questions (RefCOCOg's expressions) and on fresh drills
     for name, questions in (("heldout", drills.rec_questions(heldout, templates)), ("drill", fresh)):
         figures[f"{name}_rec_questions"] = len(questions)
-        figures[f"{name}_rec_accuracy"] = rec_accuracy(llm, tokenizer, questions, templates)
+        figures[f"{name}_rec_accuracy"] = rec_accuracy(llm, tokenizer, [with_image(q) for q in questions], templates,
+                                                       image_tokens)
         figures[f"{name}_rec_chance"] = float(np.mean([1 / q["proposals"] for q in questions])) if questions else 0.0
     llm.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

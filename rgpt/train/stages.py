@@ -174,14 +174,18 @@ def run_base_models(params: Params) -> StageResult:
 
 
 def plot_check_curve(llm: dict[str, Any], path: Path) -> Path:
-    """The base LLM's REC on fresh drills during its training, against chance and the end of the
-    drills-alone phase; empty for an LLM from the hub (no drills, no curve)."""
+    """The base LLM's REC on fresh drills during its training, against chance, and the check that
+    ends the drills-alone phase; empty for an LLM from the hub (no drills, no curve)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if llm.get("check_curve"):
         steps, accuracy = zip(*llm["check_curve"])
         ax.plot(steps, accuracy, marker=".", label="fresh drills among 2..n proposals")
         ax.axhline(llm["drill_rec_chance"], color="grey", linestyle="--", linewidth=0.8, label="chance")
+        if llm.get("first_curve"):
+            steps, accuracy = zip(*llm["first_curve"])
+            ax.plot(steps, accuracy, marker=".", label="fresh drills among two (the drills-alone phase's check)")
+            ax.axhline(llm["first_target"], color="C1", linestyle=":", linewidth=0.8, label="its target")
         if llm.get("first_steps"):
             ax.axvline(llm["first_steps"], color="grey", linewidth=0.5, label="end of the drills-alone phase")
         ax.legend(fontsize=7, loc="upper left")
