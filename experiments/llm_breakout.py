@@ -196,7 +196,9 @@ def cosine(peak: float, start: int, steps: int, warmup: int):
     """transformers' get_cosine_schedule_with_warmup over steps start..start+steps."""
     def rate(step: int) -> float:
         t = step - start
-        return peak * (t / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / max(1, steps - warmup))))
+        if t < warmup:
+            return peak * t / warmup
+        return peak * 0.5 * (1 + math.cos(math.pi * (t - warmup) / max(1, steps - warmup)))
     return rate
 
 
@@ -209,7 +211,8 @@ def train(args: argparse.Namespace) -> None:
     order = torch.Generator().manual_seed(args.seed)
     first_batches = torch.randperm(len(first["ids"]), generator=order).split(args.batch)[:args.first_steps or None]
     second_batches = [b for _ in range(args.epochs)
-                      for b in torch.randperm(len(second["ids"]), generator=order).split(args.batch)][:args.second_steps or None]
+                      for b in torch.randperm(len(second["ids"]), generator=order).split(args.batch)]
+    second_batches = second_batches[:args.second_steps or None]
     if args.schedule == "one-cosine":  # the old recipe: one warm-up and cosine over both phases
         total = len(first_batches) + len(second_batches)
         rate = cosine(args.lr, 0, total, math.ceil(WARMUP_RATIO * total))

@@ -431,13 +431,14 @@ def train_llm(blocks: Blocks, tokenizer: PreTrainedTokenizerBase, params: LlmPar
     """A Llama trained from scratch for next-token prediction on packed blocks (`pack`).
 
     first: blocks trained on alone before the epochs over `blocks` (a curriculum), at the peak
-    learning rate after a warm-up (`params.rec_first_warmup` steps), until `first_check(model)`, taken every `check_every` steps, is
-    at least `first_target` (`first_curve`), or until they run out. The epochs over `blocks` then
-    get a warm-up and a cosine schedule of their own. Why: the REC skill the first blocks teach
-    appears after a plateau whose length varies from run to run (1,000 to 3,300 steps, README
-    "REC"); under one cosine over both parts, the second part's length moved the first part's rates,
-    and with them whether the skill appeared at all. check: a figure of the model taken every
-    `check_every` steps and at the end (`check_curve`: [step, figure] pairs).
+    learning rate after a warm-up (`params.rec_first_warmup` steps), until `first_check(model)`,
+    taken every `check_every` steps, is at least `first_target` (`first_curve`), or until they run
+    out. The epochs over `blocks` then get a warm-up and a cosine schedule of their own. Why: the
+    REC skill the first blocks teach appears after a plateau whose length varies from run to run
+    (1,000 to 3,300 steps, README "REC"); under one cosine over both parts, the second part's
+    length moved the first part's rates, and with them whether the skill appeared at all. check:
+    a figure of the model taken every `check_every` steps and at the end (`check_curve`: [step,
+    figure] pairs).
     """
     seed_everything(seed)
     model = LlamaForCausalLM(llm_config(params, tokenizer))
