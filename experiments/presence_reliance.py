@@ -14,6 +14,7 @@ Measured on 2 CPU cores (300 random questions, 150 "yes"; ~80 s):
     stage 2 of                                   own image: accuracy  yes-ratio   image reliance
     be39512 (presence after classification)                 0.500      1.000         0.000
     branch presence-apart (a conversation of their own)     0.497      0.003         0.000
+    the branch's data, from be39512's stage 1               0.503      0.083         0.000
 
 Neither reads its image: the answer's loss is the same with another image's tokens.
 """
