@@ -64,7 +64,7 @@ WEIGHT_DECAY, GRAD_CLIP, WARMUP_RATIO = 0.1, 1.0, 0.05  # base.py's, likewise
 def pack(out: Path) -> None:
     from rgpt.config import load_params
     from rgpt.data.conversations import read_conversations
-    from rgpt.data.templates import IMAGE, load_templates
+    from rgpt.data.templates import load_templates
     from rgpt.model import base, drills
 
     params, templates = load_params(), load_templates()
@@ -95,8 +95,7 @@ def pack(out: Path) -> None:
             seqs = []
             for answer in answers:
                 sample = {**q, "conversations": [q["conversations"][0], {"from": "gpt", "value": answer}]}
-                ids = tokenizer(base.render_conversation(sample)).input_ids
-                length = len(ids) + ids.count(tokenizer.convert_tokens_to_ids(IMAGE)) * (image_tokens - 1)
+                length = len(base.conversation_ids([sample], tokenizer, image_tokens)[0])
                 b = base.pack([sample], tokenizer, length, image_tokens)
                 slot_names = np.full((length, NAME_TOKENS), -1, np.int16)
                 slots = b.slots[0].numpy()

@@ -379,12 +379,11 @@ def pack(samples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, 
     64 of them (held-out RefCOCOg 0.63 -> 0.30, chance 0.34: README "REC"); trained with as many
     as RGPT puts there, it learns to read the question past them.
     """
-    region_id, image_id = tokenizer.convert_tokens_to_ids(REGION), tokenizer.convert_tokens_to_ids(IMAGE)
+    region_id = tokenizer.convert_tokens_to_ids(REGION)
     table: dict[str, int] = {}
     stream: list[int] = []
     slots: list[int] = []
-    for sample, ids in zip(samples, tokenizer([render_conversation(s) for s in samples]).input_ids):
-        ids = [j for i in ids for j in ([i] * image_tokens if i == image_id else [i])]
+    for sample, ids in zip(samples, conversation_ids(samples, tokenizer, image_tokens)):
         names = [region.get("name") for region in sample["regions"]]
         if ids.count(region_id) != len(names):
             raise ValueError(f"conversation {sample.get('id')}: {ids.count(region_id)} {REGION} tokens for "
@@ -402,6 +401,14 @@ def pack(samples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, 
     cut = blocks * length
     return Blocks(torch.tensor(stream[:cut]).view(blocks, length), torch.tensor(slots[:cut]).view(blocks, length),
                   names)
+
+
+def conversation_ids(samples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
+                     image_tokens: int = 1) -> list[list[int]]:
+    """Each conversation's token ids (starting with <s>), each `<image>` id repeated `image_tokens` times."""
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE)
+    return [[j for i in ids for j in ([i] * image_tokens if i == image_id else [i])]
+            for ids in tokenizer([render_conversation(s) for s in samples]).input_ids]
 
 
 def slot_embeddings(embed: torch.nn.Embedding, blocks: Blocks, *, fill: bool = True) -> torch.Tensor:
@@ -528,8 +535,7 @@ def rec_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, qu
 
 def _summed_loss(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, sample: dict[str, Any],
                  image_tokens: int) -> float:
-    ids = tokenizer(render_conversation(sample)).input_ids
-    length = len(ids) + ids.count(tokenizer.convert_tokens_to_ids(IMAGE)) * (image_tokens - 1)
+    length = len(conversation_ids([sample], tokenizer, image_tokens)[0])
     return lm_loss(model, pack([sample], tokenizer, length, image_tokens)).item() * (length - 1)
 
 
