@@ -68,7 +68,7 @@ def test_rec_questions_are_those_that_offer_their_target_among_several_proposals
          "conversations": [{"from": "human", "value": REC}, {"from": "gpt", "value": "Region [2]."}]}]
 
 
-def test_rec_accuracy_counts_the_answer_the_llm_finds_most_likely():
+def test_rec_choices_and_accuracy_count_the_answer_the_llm_finds_most_likely():
     # whatever an (untrained) LLM prefers, exactly one of "Region [1]." and "Region [2]." is its choice
     samples = drills.rec_drills(NAMES, 20, 1, 2, T, seed=0)
     tokenizer = base.train_tokenizer(map(base.render_conversation, samples), 600, 256)
@@ -80,6 +80,11 @@ def test_rec_accuracy_counts_the_answer_the_llm_finds_most_likely():
     per_question = [base.rec_accuracy(llm, tokenizer, [q], T) + base.rec_accuracy(llm, tokenizer, [f], T)
                     for q, f in zip(questions, flipped)]
     assert per_question == [1.0] * 20
+    # rec_choices names that choice: right exactly where the accuracy counts a question
+    chosen = base.rec_choices(llm, tokenizer, questions, T)
+    assert set(chosen) <= {1, 2}
+    assert [f"Region [{k}]." == q["conversations"][1]["value"] for k, q in zip(chosen, questions)] == \
+        [base.rec_accuracy(llm, tokenizer, [q], T) == 1.0 for q in questions]
 
 
 def test_rec_accuracy_scores_the_answer_after_the_image_tokens():

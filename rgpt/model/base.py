@@ -516,12 +516,12 @@ def perplexity(model: LlamaForCausalLM, blocks: Blocks, batch_size: int = 16, *,
 
 
 @torch.no_grad()
-def rec_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, questions: Sequence[dict[str, Any]],
-                 templates: Templates, image_tokens: int = 1) -> float:
-    """Share of REC questions (`drills.rec_questions`) whose right answer the LLM finds most likely
-    among "Region [1]." .. "Region [n].", its slots holding their regions' names: the REC the base
-    LLM brings to RGPT when a slot holds what it should. image_tokens: as `pack`'s."""
-    right = 0
+def rec_choices(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, questions: Sequence[dict[str, Any]],
+                templates: Templates, image_tokens: int = 1) -> list[int]:
+    """For each REC question (`drills.rec_questions`), the 1-based proposal k whose answer
+    "Region [k]." the LLM finds most likely, its slots holding their regions' names. image_tokens:
+    as `pack`'s."""
+    chosen = []
     for question in questions:
         answers = [templates.prompts.rec_answer.format(index=k) for k in range(1, question["proposals"] + 1)]
         # the question's tokens are the same for every answer: the summed losses differ by the answers'
@@ -529,7 +529,17 @@ def rec_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, qu
                                                                                {"from": "gpt", "value": a}]},
                                image_tokens)
                   for a in answers]
-        right += answers[int(np.argmin(losses))] == question["conversations"][1]["value"]
+        chosen.append(int(np.argmin(losses)) + 1)
+    return chosen
+
+
+def rec_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, questions: Sequence[dict[str, Any]],
+                 templates: Templates, image_tokens: int = 1) -> float:
+    """Share of REC questions whose right answer is `rec_choices`' choice: the REC the base LLM
+    brings to RGPT when a slot holds what it should."""
+    chosen = rec_choices(model, tokenizer, questions, templates, image_tokens)
+    right = sum(templates.prompts.rec_answer.format(index=k) == question["conversations"][1]["value"]
+                for k, question in zip(chosen, questions))
     return right / max(1, len(questions))
 
 
