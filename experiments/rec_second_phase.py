@@ -46,6 +46,8 @@ from rgpt.data.conversations import read_conversations
 from rgpt.data.templates import load_templates
 from rgpt.model import base, drills
 
+from rec_by_proposals import target
+
 CHECK_EVERY = 250
 QUESTIONS_PER_COUNT = 40
 SECOND_DRILLS = 48_000  # drill conversations among 2..6 for the second phase: ~3,000 steps' worth
@@ -56,7 +58,7 @@ def by_target_position(llm, tokenizer, questions: dict[int, list], templates) ->
     shares = {}
     for n, drawn in questions.items():
         chosen = base.rec_choices(llm, tokenizer, drawn, templates)
-        targets = [int(q["conversations"][1]["value"][8:-2]) for q in drawn]
+        targets = [target(q["conversations"][1]["value"]) for q in drawn]
         last = [k == t for k, t in zip(chosen, targets) if t == n]
         before = [k == t for k, t in zip(chosen, targets) if t < n]
         shares[n] = (round(sum(last) / max(1, len(last)), 2), round(sum(before) / max(1, len(before)), 2))
