@@ -49,6 +49,8 @@ from rgpt.data.conversations import read_conversations
 from rgpt.data.templates import REGION, load_templates
 from rgpt.model import base, drills
 
+from rec_by_proposals import target
+
 FORMATS = ("template", "followups", "minimal")
 FRESH_ROWS = 200
 WARMUP = 400
@@ -84,8 +86,7 @@ class Rows:
                     {"from": "human", "value": f"And the {chosen[k]}?"},
                     {"from": "gpt", "value": self.templates.prompts.rec_answer.format(index=k + 1)}]
                 drill["tasks"].append("rec")
-        target = int(drill["conversations"][1]["value"][len("Region ["):-2])
-        return base.conversation_ids([drill], self.tokenizer)[0], chosen, target
+        return base.conversation_ids([drill], self.tokenizer)[0], chosen, target(drill["conversations"][1]["value"])
 
     def _minimal(self) -> tuple[list[int], list[str], int]:
         n = 2 if self.rng.random() < 0.5 else self.rng.randint(3, self.max_proposals)
