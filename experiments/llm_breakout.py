@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+FIRST_DRILLS = 64_000  # the drills-alone phase's cap before the REC lists (be39512's rec_drills_first)
 NAME_TOKENS = 8  # base.SLOT_NAME_TOKENS, repeated: `train` runs without rgpt
 WEIGHT_DECAY, GRAD_CLIP, WARMUP_RATIO = 0.1, 1.0, 0.05  # base.py's, likewise
 
@@ -76,7 +77,7 @@ def pack(out: Path) -> None:
     names, k = drills.category_names(train), base.rgpt_image_tokens(params)
     proposals = params.conversations.rec_max_proposals
     # the same drills as base_models (`base._train_and_save_llm`), the first ones up to the cap
-    first = drills.rec_drills(names, llm.rec_drills_first, llm.rec_drill_turns, 2, templates, bm.seed + 1)
+    first = drills.rec_drills(names, FIRST_DRILLS, llm.rec_drill_turns, 2, templates, bm.seed + 1)
     mixed = drills.rec_drills(names, llm.rec_drills, llm.rec_drill_turns, proposals, templates, bm.seed)
     fresh = drills.rec_questions(drills.rec_drills(names, base.REC_HELDOUT_DRILLS, 1, proposals, templates,
                                                    bm.seed + 2), templates)

@@ -26,6 +26,9 @@ them among two, hides that (0.76). RGPT inherits it: REC is right when the targe
 at chance before it. The slots are not what limits it: with the regions' names in them
 (experiments/rec_slots.py) stage 2's REC is the same as with its projected regions (0.509 / 0.516).
 
+Since base_models begins with dense REC lists (drills.RecList), the same script finds the match
+wherever the target stands: README "What does teach the match" has the table of that run.
+
     python experiments/rec_by_proposals.py [--model models/stage2] [--llm base_models/llm]
 """
 

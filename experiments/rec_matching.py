@@ -10,7 +10,8 @@ of 512 tokens, where a description can name a slot of an earlier drill):
 - followups: the same, then every proposal asked for once more in turn ("And the {name}?" ->
   "Region [k]."), so that no position's check pays and each conversation carries n + 1 answers;
 - minimal: no template at all, "<s> Region [1] <region> ... Region [n] <region>. the {name}:
-  Region [k]. the {name}: Region [j]. ..." with every proposal asked for once, in random order.
+  Region [k]. the {name}: Region [j]. ..." with every proposal asked for once, in random order
+  (`drills.RecList`, which base_models now trains on first).
 
 Slots hold their names (`base.slot_embeddings`), the model is `base.llm_config`'s, AdamW as
 base_models trains it at a constant rate after a 400-step warm-up, loss on every token. Every
@@ -67,10 +68,7 @@ class Rows:
         self.digits = [self._ids(f" Region [{k}]")[-2] for k in range(1, max_proposals + 1)]
         self.bracket = self._ids(" [")[-1]
         self.row = {name: k for k, name in enumerate(names)}
-        self.name_ids = torch.full((len(names), base.SLOT_NAME_TOKENS), -1)  # as `base.pack` makes them
-        for name, k in self.row.items():
-            ids = self._ids(f" {name}")[:base.SLOT_NAME_TOKENS]
-            self.name_ids[k, :len(ids)] = torch.tensor(ids)
+        self.name_ids = base.name_ids(self.row, tokenizer)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -89,12 +87,8 @@ class Rows:
         return base.conversation_ids([drill], self.tokenizer)[0], chosen, target(drill["conversations"][1]["value"])
 
     def _minimal(self) -> tuple[list[int], list[str], int]:
-        n = 2 if self.rng.random() < 0.5 else self.rng.randint(3, self.max_proposals)
-        chosen = self.rng.sample(self.names, n)
-        order = self.rng.sample(range(n), n)
-        text = "".join(f" Region [{k + 1}] {REGION}" for k in range(n)) + "."
-        text += "".join(f" the {chosen[k]}: Region [{k + 1}]." for k in order)
-        return [self.tokenizer.bos_token_id, *self._ids(text)], chosen, order[0] + 1
+        rec_list = drills.rec_list(self.names, self.max_proposals, self.rng)
+        return [self.tokenizer.bos_token_id, *self._ids(rec_list.text())], list(rec_list.names), rec_list.target
 
     def draw(self, count: int) -> tuple[base.Blocks, torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
         """`count` fresh rows: Blocks, attention mask, labels, and per row (answer position, n, target)."""

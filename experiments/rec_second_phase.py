@@ -50,6 +50,8 @@ from rec_by_proposals import target
 
 CHECK_EVERY = 250
 QUESTIONS_PER_COUNT = 40
+# the drills-alone phase as base_models ran it before the REC lists (be39512's params)
+FIRST_DRILLS, FIRST_TARGET, FIRST_CHECK_QUESTIONS = 64_000, 0.75, 100
 SECOND_DRILLS = 48_000  # drill conversations among 2..6 for the second phase: ~3,000 steps' worth
 
 
@@ -80,9 +82,9 @@ def main() -> None:
     held = base.heldout_images(samples, base.HELDOUT_FRACTION, seed)
     names = drills.category_names([s for s in samples if s["image"] not in held])
     # the first drills-alone phase's drills and check, as `base._train_and_save_llm` draws them
-    first = base.pack(drills.rec_drills(names, llm_params.rec_drills_first, llm_params.rec_drill_turns, 2,
+    first = base.pack(drills.rec_drills(names, FIRST_DRILLS, llm_params.rec_drill_turns, 2,
                                         templates, seed + 1), tokenizer, llm_params.max_length)
-    among_two = drills.rec_questions(drills.rec_drills(names, base.REC_FIRST_CHECK_QUESTIONS, 1, 2, templates,
+    among_two = drills.rec_questions(drills.rec_drills(names, FIRST_CHECK_QUESTIONS, 1, 2, templates,
                                                        seed + 3), templates)
     second = base.pack(drills.rec_drills(names, SECOND_DRILLS, llm_params.rec_drill_turns, most, templates,
                                          seed + 6), tokenizer, llm_params.max_length)
@@ -117,7 +119,7 @@ def main() -> None:
         for step, batch in enumerate(batches.split(llm_params.batch_size), 1):
             loss = base.lm_loss(llm, first[batch])
             base._step(llm, loss, optimizer, scheduler)
-            if step % CHECK_EVERY == 0 and report(step, loss.item()) >= llm_params.rec_first_target:
+            if step % CHECK_EVERY == 0 and report(step, loss.item()) >= FIRST_TARGET:
                 break
         if args.state:
             torch.save({"model": llm.state_dict(), "optimizer": optimizer.state_dict(),

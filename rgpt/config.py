@@ -131,10 +131,15 @@ class LlmParams(_Section):
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
-    rec_drills_first: int = Field(0, ge=0)  # REC drill conversations among two proposals, trained on first:
-    # until rec_first_target of fresh ones among two are answered right (0: all of them)
-    rec_first_target: float = Field(0.0, ge=0, le=1)
-    rec_first_warmup: int = Field(0, ge=0)  # warm-up steps of the drills-alone phase (0: 5 % of its steps)
+    # the drills-alone phases (base.train_llm): dense REC lists (drills.RecList) for at most
+    # rec_list_steps steps, until rec_list_target of fresh lists' first questions are right; then
+    # rec_template_steps steps of drills in the paper's templates; rec_first_batch_size rows a step,
+    # one constant learning rate after rec_first_warmup steps
+    rec_list_steps: int = Field(0, ge=0)
+    rec_list_target: float = Field(1.0, ge=0, le=1)
+    rec_template_steps: int = Field(0, ge=0)
+    rec_first_batch_size: int = Field(64, ge=1)
+    rec_first_warmup: int = Field(0, ge=0)
     rec_drills: int = Field(0, ge=0)  # REC drill conversations trained on beside the conversations (drills.py)
     rec_drill_turns: int = Field(4, ge=1)  # REC questions per drill
 

@@ -27,7 +27,8 @@ from conftest import REPO
 TINY_CLIP = ClipParams(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, text_hidden_size=64,
                        text_layers=1, projection_dim=16, epochs=1, batch_size=8, learning_rate=3e-3)
 TINY_LLM = LlmParams(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, max_length=32, epochs=1,
-                     batch_size=4, learning_rate=1e-2, rec_drills_first=8, rec_first_target=0.9, rec_drills=8)
+                     batch_size=4, learning_rate=1e-2, rec_list_steps=6, rec_list_target=0.9, rec_template_steps=2,
+                     rec_first_batch_size=4, rec_drills=8)
 
 
 def unnormalise(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -318,38 +319,51 @@ def test_llm_learns_reloads_identically_and_is_deterministic(tokenizer, tmp_path
     assert again == figures
 
 
-def test_llm_trains_on_the_first_blocks_then_the_epochs_and_checks_itself_on_the_way(tokenizer):
-    blocks, first = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length), base.pack(SAMPLES, tokenizer, 16)
-    modes = []
+def drawn(tokenizer, drawn_counts: list[int]):
+    """A phase's drawer: `count` rows of the test samples' conversations, recording each count."""
+    def draw(count: int) -> base.Blocks:
+        drawn_counts.append(count)
+        chosen = [SAMPLES[k % len(SAMPLES)] for k in range(len(drawn_counts), len(drawn_counts) + count)]
+        return base.rows([(ids, [r.get("name") for r in sample["regions"]])
+                          for sample, ids in zip(chosen, base.conversation_ids(chosen, tokenizer))], tokenizer)
+    return draw
+
+
+def test_llm_trains_on_its_drill_phases_in_turn_then_the_epochs_and_checks_itself_on_the_way(tokenizer):
+    blocks = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length)
+    modes, lists, templates = [], [], []
     check = lambda model: modes.append(model.training) or len(modes) / 10  # noqa: E731
-    _, figures = base.train_llm(blocks, tokenizer, TINY_LLM.model_copy(update={"epochs": 2}), seed=0, first=first,
+    phases = [base.DrillPhase("list", drawn(tokenizer, lists), 6),
+              base.DrillPhase("template", drawn(tokenizer, templates), 2)]
+    _, figures = base.train_llm(blocks, tokenizer, TINY_LLM.model_copy(update={"epochs": 2}), seed=0, phases=phases,
                                 check=check, check_every=5, progress=False)
-    first_steps, epoch_steps = math.ceil(len(first) / 4), math.ceil(len(blocks) / 4)
-    steps = first_steps + 2 * epoch_steps
-    assert figures["first_steps"] == first_steps and figures["steps"] == steps
-    assert figures["first_tokens"] == first.ids.numel() and figures["train_tokens"] == blocks.ids.numel()
+    assert lists == [4] * 6 and templates == [4] * 2  # rec_first_batch_size rows a step
+    epoch_steps = math.ceil(len(blocks) / 4)
+    steps = 6 + 2 + 2 * epoch_steps
+    assert figures["list_steps"] == 6 and figures["template_steps"] == 2 and figures["steps"] == steps
+    assert "list_curve" not in figures and figures["train_tokens"] == blocks.ids.numel()
     expected = [*range(5, steps + 1, 5)] + ([steps] if steps % 5 else [])
     assert figures["check_curve"] == [[step, (i + 1) / 10] for i, step in enumerate(expected)]
     assert modes == [False] * len(expected)  # checked in eval mode, trained in train mode
     assert base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, progress=False)[1].keys().isdisjoint(
-        {"first_steps", "check_curve"})
+        {"list_steps", "check_curve"})
 
 
-def test_llm_leaves_the_first_blocks_once_their_check_reaches_the_target(tokenizer):
-    blocks, first = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length), base.pack(SAMPLES * 8, tokenizer, 16)
-    first_batches, epoch_steps = math.ceil(len(first) / 4), math.ceil(len(blocks) / 4)
-    assert first_batches > 9
-    figures = [0.0, 0.4, 0.8, 0.9]  # the check's figure at steps 3, 6, 9, 12 of the first blocks
-    _, reached = base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, first=first, first_check=lambda _: figures.pop(0),
-                                first_target=0.8, check_every=3, progress=False)
-    assert reached["first_steps"] == 9 and reached["steps"] == 9 + epoch_steps
-    assert reached["first_curve"] == [[3, 0.0], [6, 0.4], [9, 0.8]] and reached["first_reached_target"]
-    assert reached["first_tokens"] == 9 * 4 * 16
-    # a target never reached: every first block, then the epochs
-    _, missed = base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, first=first, first_check=lambda _: 0.5,
-                               first_target=0.8, check_every=3, progress=False)
-    assert missed["first_steps"] == first_batches and missed["steps"] == first_batches + epoch_steps
-    assert not missed["first_reached_target"] and len(missed["first_curve"]) == first_batches // 3
+def test_llm_leaves_a_drill_phase_once_its_check_reaches_the_target(tokenizer):
+    blocks = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length)
+    epoch_steps = math.ceil(len(blocks) / 4)
+    figures = [0.0, 0.4, 0.8, 0.9]  # the check's figure at steps 3, 6, 9, 12 of the phase
+    reached_phase = base.DrillPhase("list", drawn(tokenizer, []), 20, lambda _: figures.pop(0), 0.8)
+    _, reached = base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, phases=[reached_phase], check_every=3,
+                                progress=False)
+    assert reached["list_steps"] == 9 and reached["steps"] == 9 + epoch_steps
+    assert reached["list_curve"] == [[3, 0.0], [6, 0.4], [9, 0.8]] and reached["list_reached_target"]
+    # a target never reached: every step of the phase, then the epochs
+    missed_phase = base.DrillPhase("list", drawn(tokenizer, []), 10, lambda _: 0.5, 0.8)
+    _, missed = base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, phases=[missed_phase], check_every=3,
+                               progress=False)
+    assert missed["list_steps"] == 10 and missed["steps"] == 10 + epoch_steps
+    assert not missed["list_reached_target"] and len(missed["list_curve"]) == 3
 
 
 def test_llm_learns_to_read_what_a_region_slot_holds(tokenizer):
@@ -435,10 +449,11 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
     assert manifest["llm"]["heldout_conversations"] > 0 and manifest["llm"]["heldout_perplexity"] > 1
     assert manifest["llm"]["image_tokens"] == base.rgpt_image_tokens(tiny_params(corpus)) == 64
     # REC with named slots, on the held-out RefCOCOg questions and on fresh drills among 2..6 proposals
-    assert manifest["llm"]["rec_drills"] == manifest["llm"]["rec_drills_first"] == 8
-    assert manifest["llm"]["first_steps"] > 0 and manifest["llm"]["check_curve"][-1][0] == manifest["llm"]["steps"]
-    # too few first drills for a check every 250 steps: all of them trained on, the target not reached
-    assert manifest["llm"]["first_target"] == 0.9 and manifest["llm"]["first_reached_target"] is False
+    assert manifest["llm"]["rec_drills"] == 8
+    assert manifest["llm"]["list_steps"] == 6 and manifest["llm"]["template_steps"] == 2
+    assert manifest["llm"]["check_curve"][-1][0] == manifest["llm"]["steps"]
+    # too few steps for a check every 250: every step of the lists' phase, the target not reached
+    assert manifest["llm"]["list_target"] == 0.9 and manifest["llm"]["list_reached_target"] is False
     assert manifest["llm"]["drill_rec_questions"] == base.REC_HELDOUT_DRILLS
     assert manifest["llm"]["heldout_rec_questions"] > 0
     for name in ("heldout", "drill"):

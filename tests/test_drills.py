@@ -1,7 +1,9 @@
 """REC drills (rgpt/model/drills.py) and the base LLM's REC score (base.rec_accuracy)."""
 
+import random
 import re
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaForCausalLM
@@ -100,3 +102,71 @@ def test_rec_accuracy_scores_the_answer_after_the_image_tokens():
     with torch.no_grad():
         loss = llm(input_ids=expanded, labels=expanded).loss.item() * (expanded.shape[1] - 1)
     assert base._summed_loss(llm, tokenizer, question, 3) == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_rec_list_asks_for_every_proposal_once_and_answers_with_its_slots_number():
+    rng = random.Random(0)
+    lists = [drills.rec_list(NAMES, 6, rng) for _ in range(200)]
+    for rec_list in lists:
+        n = len(rec_list.names)
+        slots, asked = rec_list.text().split(".", 1)
+        assert slots == "".join(f" Region [{k}] <region>" for k in range(1, n + 1))
+        questions = re.findall(r" the ([a-z ]+): Region \[(\d)\]\.", asked)
+        assert "".join(f" the {name}: Region [{k}]." for name, k in questions) == asked
+        assert sorted(name for name, _ in questions) == sorted(rec_list.names) and len(set(rec_list.names)) == n
+        assert all(rec_list.names[int(k) - 1] == name for name, k in questions)
+        # the first question's text ends where its answer's number begins
+        assert rec_list.text().startswith(rec_list.question()) and rec_list.question().endswith(
+            f"the {questions[0][0]}: Region [") and int(questions[0][1]) == rec_list.target
+    counts = [len(rec_list.names) for rec_list in lists]
+    assert 0.35 < counts.count(2) / len(counts) < 0.65 and set(counts) == {2, 3, 4, 5, 6}
+    assert len({rec_list.target for rec_list in lists if len(rec_list.names) == 6}) == 6  # any slot is asked first
+
+
+def tiny_llm_and_tokenizer(texts):
+    torch.manual_seed(0)  # an untrained LLM whose choices vary from list to list
+    tokenizer = base.train_tokenizer(texts, 600, 256)
+    llm = LlamaForCausalLM(base.llm_config(LlmParams(hidden_size=64, num_layers=1, num_heads=1,
+                                                      intermediate_size=128), tokenizer)).eval()
+    return llm, tokenizer
+
+
+def test_rows_pad_each_sequence_to_the_longest_and_leave_the_padding_out_of_the_loss():
+    rng = random.Random(1)
+    lists = [drills.rec_list(NAMES, 6, rng) for _ in range(2)]
+    llm, tokenizer = tiny_llm_and_tokenizer([rec_list.text() for rec_list in lists])
+    short = drills.RecList(("red star", "blue cross"), (1, 0))
+    long = drills.RecList(tuple(NAMES[:6]), (5, 4, 3, 2, 1, 0))
+    both = base.rec_list_rows([short, long], tokenizer)
+    lengths = [1 + len(tokenizer(r.text(), add_special_tokens=False).input_ids) for r in (short, long)]
+    assert both.mask.sum(1).tolist() == lengths and both.ids.shape[1] == max(lengths)
+    assert (both.ids[0, lengths[0]:] == tokenizer.pad_token_id).all() and (both.slots[0, lengths[0]:] == -1).all()
+    assert (both.slots >= 0).sum(1).tolist() == [2, 6]
+    alone_names = base.rec_list_rows([short], tokenizer).names
+    assert both.names[both.slots[0][both.slots[0] >= 0]].tolist() == alone_names.tolist()
+    with torch.no_grad():
+        alone = [base.lm_loss(llm, base.rec_list_rows([r], tokenizer)).item() for r in (short, long)]
+        together = base.lm_loss(llm, both).item()
+    predicted = [n - 1 for n in lengths]  # next-token targets per row
+    assert together == pytest.approx(sum(a * p for a, p in zip(alone, predicted)) / sum(predicted), rel=1e-5)
+
+
+def test_rec_list_accuracy_counts_the_first_answer_the_llm_finds_most_likely():
+    rng = random.Random(2)
+    lists = [drills.rec_list(NAMES, 6, rng) for _ in range(30)]
+    llm, tokenizer = tiny_llm_and_tokenizer([rec_list.text() for rec_list in lists])
+    # each list's choice from whole single-row sequences: the question's loss is the same for every answer
+    chosen = []
+    with torch.no_grad():
+        for rec_list in lists:
+            losses = []
+            for k in range(1, len(rec_list.names) + 1):
+                ids = tokenizer(rec_list.question() + f"{k}].", add_special_tokens=False).input_ids
+                row = base.rows([([tokenizer.bos_token_id, *ids], rec_list.names)], tokenizer)
+                losses.append(base.lm_loss(llm, row).item() * len(ids))
+            chosen.append(int(np.argmin(losses)) + 1)
+    assert len(set(chosen)) > 1
+    for batch_size in (256, 7):
+        assert base.rec_list_choices(llm, tokenizer, lists, batch_size) == chosen
+    right = sum(k == rec_list.target for k, rec_list in zip(chosen, lists))
+    assert base.rec_list_accuracy(llm, tokenizer, lists) == right / len(lists)

@@ -70,7 +70,7 @@ CONVERSATION_FILES = ("pretrain.jsonl", "finetune.jsonl")
 HELDOUT_FRACTION = 0.05  # of the conversations' images, whose conversations the LLM never trains on
 REC_HELDOUT_DRILLS = 200  # fresh REC drills (`drills.rec_drill`, one question each) the LLM is scored on
 REC_CHECK_QUESTIONS = 50  # of them, scored every 250 steps during training (the REC curve)
-REC_FIRST_CHECK_QUESTIONS = 100  # fresh drills among two that end the drills-alone phase (LlmParams.rec_first_target)
+REC_LIST_CHECK_QUESTIONS = 200  # fresh REC lists whose first questions end the lists' phase (LlmParams.rec_list_target)
 
 # Training constants shared by both models (nanoGPT's choices for small transformers).
 WEIGHT_DECAY = 0.1  # on matrices only; biases, norms and embeddings' scales decay to nothing otherwise
@@ -347,22 +347,24 @@ SLOT_NAME_TOKENS = 8  # a region slot holds the mean embedding of at most this m
 
 @dataclass
 class Blocks:
-    """Packed training text (`pack`) and what its region slots hold.
+    """Training text, packed (`pack`) or a sequence a row (`rows`), and what its region slots hold.
 
     ids: (N, length) token ids. slots: (N, length), for each `<region>` token the row of `names`
     holding its region's name, -1 elsewhere (and for a region without a name). names: (M,
-    SLOT_NAME_TOKENS) token ids of each distinct name, -1 padded.
+    SLOT_NAME_TOKENS) token ids of each distinct name, -1 padded. mask: (N, length), 0 on padding;
+    None for packed blocks, which have none.
     """
 
     ids: torch.Tensor
     slots: torch.Tensor
     names: torch.Tensor
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index) -> Blocks:
-        return Blocks(self.ids[index], self.slots[index], self.names)
+        return Blocks(self.ids[index], self.slots[index], self.names, None if self.mask is None else self.mask[index])
 
     def split(self, size: int) -> list[Blocks]:
         return [self[i:i + size] for i in range(0, len(self), size)]
@@ -379,28 +381,56 @@ def pack(samples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, 
     64 of them (held-out RefCOCOg 0.63 -> 0.30, chance 0.34: README "REC"); trained with as many
     as RGPT puts there, it learns to read the question past them.
     """
-    region_id = tokenizer.convert_tokens_to_ids(REGION)
     table: dict[str, int] = {}
     stream: list[int] = []
     slots: list[int] = []
     for sample, ids in zip(samples, conversation_ids(samples, tokenizer, image_tokens)):
         names = [region.get("name") for region in sample["regions"]]
-        if ids.count(region_id) != len(names):
-            raise ValueError(f"conversation {sample.get('id')}: {ids.count(region_id)} {REGION} tokens for "
-                             f"{len(names)} regions")
-        named = iter(table.setdefault(name, len(table)) if name else -1 for name in names)
         stream += ids
-        slots += [next(named) if i == region_id else -1 for i in ids]
+        slots += _slots(ids, names, table, tokenizer, sample.get("id"))
     blocks = len(stream) // length
     if blocks == 0:
         raise ValueError(f"{len(samples)} conversations make {len(stream)} tokens, fewer than one block of {length}")
+    cut = blocks * length
+    return Blocks(torch.tensor(stream[:cut]).view(blocks, length), torch.tensor(slots[:cut]).view(blocks, length),
+                  name_ids(table, tokenizer))
+
+
+def rows(sequences: Sequence[tuple[list[int], Sequence[str | None]]], tokenizer: PreTrainedTokenizerBase) -> Blocks:
+    """Token id sequences (each with its regions' names, one per `<region>` token), a row each,
+    right-padded to the longest with a mask: no sequence's attention reaches another's slots."""
+    table: dict[str, int] = {}
+    length = max(len(ids) for ids, _ in sequences)
+    ids = torch.full((len(sequences), length), tokenizer.pad_token_id)
+    slots = torch.full((len(sequences), length), -1)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, (sequence, names) in enumerate(sequences):
+        ids[row, :len(sequence)] = torch.tensor(sequence)
+        slots[row, :len(sequence)] = torch.tensor(_slots(sequence, names, table, tokenizer, f"row {row}"))
+        mask[row, :len(sequence)] = 1
+    return Blocks(ids, slots, name_ids(table, tokenizer), mask)
+
+
+def _slots(ids: Sequence[int], names: Sequence[str | None], table: dict[str, int],
+           tokenizer: PreTrainedTokenizerBase, where: Any) -> list[int]:
+    """For each id, the row in `table` of the name its `<region>` slot holds (added if new), -1
+    elsewhere and for a slot without a name."""
+    region_id = tokenizer.convert_tokens_to_ids(REGION)
+    if list(ids).count(region_id) != len(names):
+        raise ValueError(f"conversation {where}: {list(ids).count(region_id)} {REGION} tokens for "
+                         f"{len(names)} regions")
+    named = iter(table.setdefault(name, len(table)) if name else -1 for name in names)
+    return [next(named) if i == region_id else -1 for i in ids]
+
+
+def name_ids(table: dict[str, int], tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """(rows, SLOT_NAME_TOKENS): the token ids of each name in its `table` row, -1 padded (one row
+    of -1 for an empty table)."""
     names = torch.full((max(1, len(table)), SLOT_NAME_TOKENS), -1)
     for name, row in table.items():
         ids = tokenizer(f" {name}", add_special_tokens=False).input_ids[:SLOT_NAME_TOKENS]
         names[row, :len(ids)] = torch.tensor(ids)
-    cut = blocks * length
-    return Blocks(torch.tensor(stream[:cut]).view(blocks, length), torch.tensor(slots[:cut]).view(blocks, length),
-                  names)
+    return names
 
 
 def conversation_ids(samples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
@@ -431,33 +461,44 @@ def slot_embeddings(embed: torch.nn.Embedding, blocks: Blocks, *, fill: bool = T
     return inputs.index_put(tuple(filled.nonzero().T), means)
 
 
-def train_llm(blocks: Blocks, tokenizer: PreTrainedTokenizerBase, params: LlmParams, seed: int, *,
-              first: Blocks | None = None, first_check: Callable[[LlamaForCausalLM], float] | None = None,
-              first_target: float = 0.0, check: Callable[[LlamaForCausalLM], float] | None = None,
-              check_every: int = 250, progress: bool = True) -> tuple[LlamaForCausalLM, dict[str, Any]]:
-    """A Llama trained from scratch for next-token prediction on packed blocks (`pack`).
+@dataclass
+class DrillPhase:
+    """Drills trained on alone before the conversations (`train_llm`): `draw(count)` gives `count`
+    fresh rows (`rows`), for at most `steps` steps, or until `check(model)`, taken every
+    `check_every` steps of the phase, reaches `target`."""
 
-    first: blocks trained on alone before the epochs over `blocks` (a curriculum), at the peak
-    learning rate after a warm-up (`params.rec_first_warmup` steps), until `first_check(model)`,
-    taken every `check_every` steps, is at least `first_target` (`first_curve`), or until they run
-    out. The epochs over `blocks` then get a warm-up and a cosine schedule of their own. Why: the
-    REC skill the first blocks teach appears after a plateau whose length varies from run to run
-    (1,000 to 3,300 steps, README "REC"); under one cosine over both parts, the second part's
-    length moved the first part's rates, and with them whether the skill appeared at all. check:
-    a figure of the model taken every `check_every` steps and at the end (`check_curve`: [step,
-    figure] pairs).
+    name: str
+    draw: Callable[[int], Blocks]
+    steps: int
+    check: Callable[[LlamaForCausalLM], float] | None = None
+    target: float = 1.0
+
+
+def train_llm(blocks: Blocks, tokenizer: PreTrainedTokenizerBase, params: LlmParams, seed: int, *,
+              phases: Sequence[DrillPhase] = (), check: Callable[[LlamaForCausalLM], float] | None = None,
+              check_every: int = 250, progress: bool = True) -> tuple[LlamaForCausalLM, dict[str, Any]]:
+    """A Llama trained from scratch for next-token prediction: drill phases alone first, then
+    epochs over packed blocks (`pack`).
+
+    phases: trained on in turn, `params.rec_first_batch_size` fresh rows a step, at one constant
+    learning rate after a warm-up of `params.rec_first_warmup` steps; figures `{name}_steps` and,
+    for a checked phase, `{name}_curve` ([step, figure] pairs), `{name}_target`,
+    `{name}_reached_target`. Why a constant rate: the skill the drills teach appears after a
+    plateau whose length varies from run to run; under a decaying schedule its length moved the
+    rates, and with them whether the skill appeared at all (README "REC"). The epochs over `blocks`
+    then get a warm-up and a cosine schedule of their own. check: a figure of the model taken every
+    `check_every` steps and at the end (`check_curve`).
     """
     seed_everything(seed)
     model = LlamaForCausalLM(llm_config(params, tokenizer))
     order = torch.Generator().manual_seed(seed)
-    first_batches = torch.randperm(len(first), generator=order).split(params.batch_size) if first else ()
     batches = [batch for _ in range(params.epochs)
                for batch in torch.randperm(len(blocks), generator=order).split(params.batch_size)]
     optimizer = _adamw(model, params.learning_rate)
-    losses, curve, first_curve = [], [], []
+    losses, curve = [], []
     figures: dict[str, Any] = {}
     model.train()
-    bar = tqdm(total=len(first_batches) + len(batches), desc="llm", disable=not progress)
+    bar = tqdm(total=sum(phase.steps for phase in phases) + len(batches), desc="llm", disable=not progress)
 
     def checked(name: str, figure: Callable[[LlamaForCausalLM], float], into: list) -> float:
         model.eval()
@@ -466,32 +507,33 @@ def train_llm(blocks: Blocks, tokenizer: PreTrainedTokenizerBase, params: LlmPar
         log.info("llm step %d: %s %.3f", len(losses), name, into[-1][1])
         return into[-1][1]
 
-    def train(source: Blocks, schedule: Sequence[torch.Tensor], scheduler,
-              done: Callable[[], bool] | None = None) -> None:
-        for batch in schedule:
-            loss = lm_loss(model, source[batch])
-            _step(model, loss, optimizer, scheduler)
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if len(losses) % check_every == 0:
-                if check:
-                    checked("REC check", check, curve)
-                if done and done():
-                    return
+    def train(batch: Blocks, scheduler) -> None:
+        loss = lm_loss(model, batch)
+        _step(model, loss, optimizer, scheduler)
+        losses.append(loss.item())
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if check and len(losses) % check_every == 0:
+            checked("REC check", check, curve)
 
-    if first:
-        reached = (lambda: checked("first check", first_check, first_curve) >= first_target) if first_check else None
-        warmup = params.rec_first_warmup or math.ceil(WARMUP_RATIO * len(first_batches))
-        train(first, first_batches, get_constant_schedule_with_warmup(optimizer, warmup), reached)
-        steps = len(losses)
-        figures |= {"first_steps": steps, "first_tokens": sum(map(len, first_batches[:steps])) * first.ids.shape[1]}
-        if first_check:
-            figures |= {"first_curve": first_curve, "first_target": first_target,
-                        "first_reached_target": bool(first_curve) and first_curve[-1][1] >= first_target}
-        bar.total = steps + len(batches)
-    train(blocks, batches, get_cosine_schedule_with_warmup(optimizer, math.ceil(WARMUP_RATIO * len(batches)),
-                                                           len(batches)))
+    scheduler = get_constant_schedule_with_warmup(optimizer, params.rec_first_warmup)
+    for phase in phases:
+        start, phase_curve = len(losses), []
+        bar.set_description(f"llm: {phase.name}")
+        while len(losses) - start < phase.steps:
+            train(phase.draw(params.rec_first_batch_size), scheduler)
+            if (phase.check and (len(losses) - start) % check_every == 0
+                    and checked(f"{phase.name} check", phase.check, phase_curve) >= phase.target):
+                break
+        figures[f"{phase.name}_steps"] = len(losses) - start
+        if phase.check:
+            figures |= {f"{phase.name}_curve": phase_curve, f"{phase.name}_target": phase.target,
+                        f"{phase.name}_reached_target": bool(phase_curve) and phase_curve[-1][1] >= phase.target}
+    bar.total = len(losses) + len(batches)
+    bar.set_description("llm")
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(WARMUP_RATIO * len(batches)), len(batches))
+    for batch in batches:
+        train(blocks[batch], scheduler)
     bar.close()
     if check and len(losses) % check_every:
         checked("REC check", check, curve)
@@ -503,9 +545,11 @@ def train_llm(blocks: Blocks, tokenizer: PreTrainedTokenizerBase, params: LlmPar
 
 
 def lm_loss(model: LlamaForCausalLM, blocks: Blocks, *, fill: bool = True) -> torch.Tensor:
-    """The mean next-token loss on `blocks`, the region slots filled with their names (`slot_embeddings`)."""
+    """The mean next-token loss on `blocks` (padding left out), the region slots filled with their
+    names (`slot_embeddings`)."""
+    labels = blocks.ids if blocks.mask is None else blocks.ids.masked_fill(blocks.mask == 0, -100)
     return model(inputs_embeds=slot_embeddings(model.get_input_embeddings(), blocks, fill=fill),
-                 labels=blocks.ids).loss
+                 attention_mask=blocks.mask, labels=labels).loss
 
 
 @torch.no_grad()
@@ -541,6 +585,47 @@ def rec_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, qu
     right = sum(templates.prompts.rec_answer.format(index=k) == question["conversations"][1]["value"]
                 for k, question in zip(chosen, questions))
     return right / max(1, len(questions))
+
+
+def rec_list_rows(lists: Sequence[drills.RecList], tokenizer: PreTrainedTokenizerBase) -> Blocks:
+    """REC lists (`drills.RecList`), a row each (`rows`), in plain text from `<s>`."""
+    texts = tokenizer([rec_list.text() for rec_list in lists], add_special_tokens=False).input_ids
+    return rows([([tokenizer.bos_token_id, *ids], rec_list.names) for rec_list, ids in zip(lists, texts)], tokenizer)
+
+
+@torch.no_grad()
+def rec_list_choices(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, lists: Sequence[drills.RecList],
+                     batch_size: int = 256) -> list[int]:
+    """For each REC list, the answer k to its first question whose "k]." after `RecList.question()`
+    the LLM finds most likely, k = 1..n."""
+    questions = tokenizer([rec_list.question() for rec_list in lists], add_special_tokens=False).input_ids
+    candidates = [(i, k, [tokenizer.bos_token_id, *question], tokenizer(f"{k}].", add_special_tokens=False).input_ids)
+                  for i, (rec_list, question) in enumerate(zip(lists, questions))
+                  for k in range(1, len(rec_list.names) + 1)]
+    scores: dict[int, list[float]] = {}
+    for chunk in range(0, len(candidates), batch_size):
+        batch = candidates[chunk:chunk + batch_size]
+        blocks = rows([(question + answer, lists[i].names) for i, _, question, answer in batch], tokenizer)
+        logits = model(inputs_embeds=slot_embeddings(model.get_input_embeddings(), blocks),
+                       attention_mask=blocks.mask).logits
+        logprobs = logits[:, :-1].log_softmax(-1).gather(-1, blocks.ids[:, 1:, None])[..., 0]
+        for row, (i, _, question, answer) in enumerate(batch):
+            start = len(question) - 1  # where the first answer token is predicted
+            scores.setdefault(i, []).append(logprobs[row, start:start + len(answer)].sum().item())
+    return [int(np.argmax(scores[i])) + 1 for i in range(len(lists))]
+
+
+def rec_list_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
+                      lists: Sequence[drills.RecList]) -> float:
+    """Share of REC lists whose first question the LLM answers right (`rec_list_choices`)."""
+    chosen = rec_list_choices(model, tokenizer, lists)
+    return sum(k == rec_list.target for k, rec_list in zip(chosen, lists)) / max(1, len(lists))
+
+
+def template_drill_rows(samples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Blocks:
+    """Drill conversations (`drills.rec_drill`), a row each (`rows`)."""
+    return rows([(ids, [region["name"] for region in sample["regions"]])
+                 for sample, ids in zip(samples, conversation_ids(samples, tokenizer))], tokenizer)
 
 
 def _summed_loss(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, sample: dict[str, Any],
@@ -745,28 +830,31 @@ def _train_and_save_llm(params: BaseModelsParams, tokenizer: PreTrainedTokenizer
     heldout = [s for s in samples if s["image"] in held]
     templates, llm_params = load_templates(), params.llm
     names = drills.category_names(train)
-    # REC's skill appears among two proposals first (drills.py): drills among two alone, in plain
-    # text, until fresh ones among two are answered right (`train_llm`), then drills among up to
-    # rec_max_proposals beside the conversations, after the image's tokens as RGPT asks them (`pack`)
-    first = drills.rec_drills(names, llm_params.rec_drills_first, llm_params.rec_drill_turns, 2, templates,
-                              params.seed + 1)
-    among_two = drills.rec_questions(drills.rec_drills(names, REC_FIRST_CHECK_QUESTIONS, 1, 2, templates,
-                                                       params.seed + 3), templates)
+    # REC's skill in three phases (drills.py): dense lists alone, where the match appears, until
+    # fresh ones are answered right; drills in the paper's templates alone, which carry it there;
+    # then drills among up to rec_max_proposals beside the conversations, after the image's tokens
+    # as RGPT asks them (`pack`). Each drawer its own seeded stream, as experiments/rec_matching.py drew them.
+    list_rng, template_rng, check_rng = (random.Random(params.seed + k) for k in (1, 1, 3))
+    fresh_lists = [drills.rec_list(names, rec_max_proposals, check_rng) for _ in range(REC_LIST_CHECK_QUESTIONS)]
+    phases = [
+        DrillPhase("list", lambda count: rec_list_rows(
+            [drills.rec_list(names, rec_max_proposals, list_rng) for _ in range(count)], tokenizer),
+            llm_params.rec_list_steps, lambda model: rec_list_accuracy(model, tokenizer, fresh_lists),
+            llm_params.rec_list_target),
+        DrillPhase("template", lambda count: template_drill_rows(
+            [drills.rec_drill(k, names, 1, rec_max_proposals, templates, template_rng) for k in range(count)],
+            tokenizer), llm_params.rec_template_steps)]
     rec_drills = [with_image(drill) for drill in drills.rec_drills(
         names, llm_params.rec_drills, llm_params.rec_drill_turns, rec_max_proposals, templates, params.seed)]
     fresh = drills.rec_questions(drills.rec_drills(names, REC_HELDOUT_DRILLS, 1, rec_max_proposals, templates,
                                                    params.seed + 2), templates)
     llm, figures = train_llm(pack(train + rec_drills, tokenizer, llm_params.max_length, image_tokens), tokenizer,
-                             llm_params, params.seed,
-                             first=pack(first, tokenizer, llm_params.max_length) if first else None,
-                             first_check=(lambda model: rec_accuracy(model, tokenizer, among_two, templates))
-                             if llm_params.rec_first_target else None,
-                             first_target=llm_params.rec_first_target,
+                             llm_params, params.seed, phases=[phase for phase in phases if phase.steps],
                              check=lambda model: rec_accuracy(model, tokenizer, fresh[:REC_CHECK_QUESTIONS], templates),
                              progress=progress)
     heldout_blocks = pack(heldout, tokenizer, llm_params.max_length, image_tokens)
     # the gap between the two perplexities says how much the LLM reads its region slots
-    figures |= {"image_tokens": image_tokens, "rec_drills_first": len(first), "rec_drills": len(rec_drills),
+    figures |= {"image_tokens": image_tokens, "rec_drills": len(rec_drills),
                 "heldout_conversations": len(heldout),
                 "heldout_tokens": heldout_blocks.ids.numel(),
                 "heldout_perplexity": perplexity(llm, heldout_blocks),

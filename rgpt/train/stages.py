@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -175,19 +176,23 @@ def run_base_models(params: Params) -> StageResult:
 
 def plot_check_curve(llm: dict[str, Any], path: Path) -> Path:
     """The base LLM's REC on fresh drills during its training, against chance, and the check that
-    ends the drills-alone phase; empty for an LLM from the hub (no drills, no curve)."""
+    ends the lists' phase; empty for an LLM from the hub (no drills, no curve)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if llm.get("check_curve"):
         steps, accuracy = zip(*llm["check_curve"])
         ax.plot(steps, accuracy, marker=".", label="fresh drills among 2..n proposals")
         ax.axhline(llm["drill_rec_chance"], color="grey", linestyle="--", linewidth=0.8, label="chance")
-        if llm.get("first_curve"):
-            steps, accuracy = zip(*llm["first_curve"])
-            ax.plot(steps, accuracy, marker=".", label="fresh drills among two (the drills-alone phase's check)")
-            ax.axhline(llm["first_target"], color="C1", linestyle=":", linewidth=0.8, label="its target")
-        if llm.get("first_steps"):
-            ax.axvline(llm["first_steps"], color="grey", linewidth=0.5, label="end of the drills-alone phase")
+        if llm.get("list_curve"):
+            steps, accuracy = zip(*llm["list_curve"])
+            ax.plot(steps, accuracy, marker=".", label="fresh REC lists (the lists' phase check)")
+            ax.axhline(llm["list_target"], color="C1", linestyle=":", linewidth=0.8, label="its target")
+        # where each drills-alone phase ends
+        ends = list(accumulate(llm.get(f"{phase}_steps", 0) for phase in ("list", "template")))
+        for end, phase in zip(ends, ("lists", "template drills")):
+            if end:
+                ax.axvline(end, color="grey", linewidth=0.5)
+                ax.annotate(f"end of {phase}", (end, 0.02), rotation=90, fontsize=6, color="grey")
         ax.legend(fontsize=7, loc="upper left")
     ax.set(title="base_models: LLM REC accuracy during training", xlabel="optimizer step", ylabel="accuracy",
            ylim=(0, 1))
