@@ -67,8 +67,6 @@ class Rows:
         self.region_id = tokenizer.convert_tokens_to_ids(REGION)
         self.digits = [self._ids(f" Region [{k}]")[-2] for k in range(1, max_proposals + 1)]
         self.bracket = self._ids(" [")[-1]
-        self.row = {name: k for k, name in enumerate(names)}
-        self.name_ids = base.name_ids(self.row, tokenizer)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -90,30 +88,24 @@ class Rows:
         rec_list = drills.rec_list(self.names, self.max_proposals, self.rng)
         return [self.tokenizer.bos_token_id, *self._ids(rec_list.text())], list(rec_list.names), rec_list.target
 
-    def draw(self, count: int) -> tuple[base.Blocks, torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
-        """`count` fresh rows: Blocks, attention mask, labels, and per row (answer position, n, target)."""
+    def draw(self, count: int) -> tuple[base.Blocks, list[tuple[int, int, int]]]:
+        """`count` fresh rows (`base.rows`) and per row (answer position, n, target)."""
         rows = [self._minimal() if self.fmt == "minimal" else self._conversation() for _ in range(count)]
-        length = max(len(ids) for ids, _, _ in rows)
-        ids = torch.full((count, length), self.tokenizer.pad_token_id)
-        slots = torch.full((count, length), -1)
         firsts = []
-        for i, (row, chosen, target) in enumerate(rows):
-            ids[i, :len(row)] = torch.tensor(row)
-            places = [p for p, t in enumerate(row) if t == self.region_id]
-            slots[i, places] = torch.tensor([self.row[name] for name in chosen])
+        for row, chosen, target in rows:
+            last_slot = max(p for p, t in enumerate(row) if t == self.region_id)
             # the first number after the last slot that follows " [": the first question's answer
-            answer = next(p for p in range(places[-1], len(row))
-                          if row[p] in self.digits and row[p - 1] == self.bracket)
+            answer = next(p for p in range(last_slot, len(row)) if row[p] in self.digits and row[p - 1] == self.bracket)
             firsts.append((answer, len(chosen), target))
-        mask = (ids != self.tokenizer.pad_token_id).long()
-        return base.Blocks(ids, slots, self.name_ids), mask, ids.masked_fill(mask == 0, -100), firsts
+        return base.rows([(row, chosen) for row, chosen, _ in rows], self.tokenizer), firsts
 
 
 @torch.no_grad()
 def first_question_rec(llm, rows: Rows) -> dict[int, tuple[float, float]]:
     """Per proposal count: the share of fresh first questions right, target last / before it."""
-    blocks, mask, _, firsts = rows.draw(FRESH_ROWS)
-    logits = llm(inputs_embeds=base.slot_embeddings(llm.get_input_embeddings(), blocks), attention_mask=mask).logits
+    blocks, firsts = rows.draw(FRESH_ROWS)
+    logits = llm(inputs_embeds=base.slot_embeddings(llm.get_input_embeddings(), blocks),
+                 attention_mask=blocks.mask).logits
     right: dict[int, tuple[list[bool], list[bool]]] = {}
     for i, (answer, n, target) in enumerate(firsts):
         chosen = int(logits[i, answer - 1, rows.digits[:n]].argmax()) + 1
@@ -150,9 +142,7 @@ def main() -> None:
         print(f"{fmt}: {steps} steps", flush=True)
         for _ in range(steps):
             step += 1
-            blocks, mask, labels, _ = train.draw(args.batch)
-            loss = llm(inputs_embeds=base.slot_embeddings(llm.get_input_embeddings(), blocks), attention_mask=mask,
-                       labels=labels).loss
+            loss = base.lm_loss(llm, train.draw(args.batch)[0])
             base._step(llm, loss, optimizer, scheduler)
             if step % args.every == 0:
                 llm.eval()

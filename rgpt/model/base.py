@@ -599,17 +599,17 @@ def rec_list_choices(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase
     """For each REC list, the answer k to its first question whose "k]." after `RecList.question()`
     the LLM finds most likely, k = 1..n."""
     questions = tokenizer([rec_list.question() for rec_list in lists], add_special_tokens=False).input_ids
-    candidates = [(i, k, [tokenizer.bos_token_id, *question], tokenizer(f"{k}].", add_special_tokens=False).input_ids)
+    candidates = [(i, [tokenizer.bos_token_id, *question], tokenizer(f"{k}].", add_special_tokens=False).input_ids)
                   for i, (rec_list, question) in enumerate(zip(lists, questions))
                   for k in range(1, len(rec_list.names) + 1)]
     scores: dict[int, list[float]] = {}
     for chunk in range(0, len(candidates), batch_size):
         batch = candidates[chunk:chunk + batch_size]
-        blocks = rows([(question + answer, lists[i].names) for i, _, question, answer in batch], tokenizer)
+        blocks = rows([(question + answer, lists[i].names) for i, question, answer in batch], tokenizer)
         logits = model(inputs_embeds=slot_embeddings(model.get_input_embeddings(), blocks),
                        attention_mask=blocks.mask).logits
         logprobs = logits[:, :-1].log_softmax(-1).gather(-1, blocks.ids[:, 1:, None])[..., 0]
-        for row, (i, _, question, answer) in enumerate(batch):
+        for row, (i, question, answer) in enumerate(batch):
             start = len(question) - 1  # where the first answer token is predicted
             scores.setdefault(i, []).append(logprobs[row, start:start + len(answer)].sum().item())
     return [int(np.argmax(scores[i])) + 1 for i in range(len(lists))]
