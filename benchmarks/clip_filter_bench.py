@@ -8,7 +8,9 @@ pooling or cropping, cosines). The baseline is the bare forward passes of the sa
 everything prepared up front: the vision tower on the batch's pixel values and the text tower on
 its chunks' token ids. "x raw" is the filter's time over the baseline's: what chunking,
 tokenising and pre-processing add. "truncated" scores each caption as one text cut at 77 tokens
-(what a filter that ignores the window does): the price of reading every word.
+(what a filter that ignores the window does): the price of reading every word. Before timing,
+every batch's filter scores must equal the cosines made from the baseline's own forwards (pooled
+region by region in a plain loop), or the script fails.
 
     python benchmarks/clip_filter_bench.py [--captions 128 --batch 32 128 --repeats 3 --threads 1]
 """
@@ -25,9 +27,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from transformers import CLIPModel
 
+from rgpt.clip_features import text_features
 from rgpt.config import ClipParams
-from rgpt.model import base
+from rgpt.embedded.clip import clip_config
+from rgpt.embedded.tokenizer import CLIP_TEXT_LENGTH, clip_text_tokenizer, train_tokenizer
+from rgpt.model import regions
 from rgpt.model.image import to_pixel_values
+from rgpt.model.processing_rgpt import region_masks
 from rgpt.recap.clip_filter import ClipScorer
 from rgpt.recap.images import crop_region
 
@@ -67,9 +73,9 @@ def corpus(n: int, seed: int = 0) -> tuple[list[Image.Image], list[list[float]],
 
 def tiny_clip() -> tuple[torch.nn.Module, object]:
     texts = [f" {c} {s}" for c in COLOURS for s in SHAPES] + [caption(random.Random(i)) for i in range(50)]
-    tokenizer = base.clip_text_tokenizer(base.train_tokenizer(texts, 2048, base.CLIP_TEXT_LENGTH))
+    tokenizer = clip_text_tokenizer(train_tokenizer(texts, 2048, CLIP_TEXT_LENGTH))
     torch.manual_seed(0)
-    model = CLIPModel(base.clip_config(ClipParams(), tokenizer)).eval()
+    model = CLIPModel(clip_config(ClipParams(), tokenizer)).eval()
     return model, tokenizer
 
 
@@ -107,6 +113,12 @@ def main() -> None:
         for batch in args.batch:
             spans = [range(s, min(s + batch, len(texts))) for s in range(0, len(texts), batch)]
             prepared = [prepare(scorer, images, boxes, texts, span, mode) for span in spans]
+            for span, (pixels, tokens) in zip(spans, prepared):  # same scores, before anything is timed
+                ours, _ = scorer.score([images[i] for i in span], [boxes[i] for i in span], [texts[i] for i in span])
+                expected = forward_scores(scorer, images, boxes, texts, span, mode, pixels, tokens)
+                torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5, msg=lambda m, mode=mode, span=span: (
+                    f"{mode} mode, captions {span.start}-{span.stop - 1}: clip_filter's scores are not the raw "
+                    f"forward's:\n{m}"))
 
             @torch.no_grad()
             def raw():  # the two towers' forwards only, on inputs made in advance
@@ -122,7 +134,7 @@ def main() -> None:
             def truncated():  # one text per caption, cut at 77 tokens: the tail never read
                 for span in spans:
                     region = scorer.region_embeddings([images[i] for i in span], [boxes[i] for i in span])
-                    text = F.normalize(base.text_features(model, tokenizer, [texts[i] for i in span]), dim=-1)
+                    text = F.normalize(text_features(model, tokenizer, [texts[i] for i in span]), dim=-1)
                     (region * text).sum(-1)
 
             methods = {"raw CLIP forward": raw, "clip_filter (ours)": filtered, "truncated to 77 tokens": truncated}
@@ -142,6 +154,35 @@ def prepare(scorer: ClipScorer, images, boxes, texts, span, mode: str):
     chunks = [c for i in span for c in scorer.chunks(texts[i])]
     tokens = scorer.tokenizer(chunks, padding=True, return_tensors="pt")
     return to_pixel_values(pictures, size), tokens
+
+
+def tower_output(out) -> torch.Tensor:
+    return getattr(out, "pooler_output", out)  # transformers versions differ: a tensor or an output
+
+
+@torch.no_grad()
+def forward_scores(scorer: ClipScorer, images, boxes, texts, span, mode: str, pixels, tokens) -> torch.Tensor:
+    """(C,) every chunk's cosine with its region, from the baseline's forwards on `prepare`'s inputs:
+    the crop's embedding, or (mask mode) the last layer's patch features averaged under the region's
+    box one region at a time, then CLIP's final norm and projection. What `ClipScorer.score` must give."""
+    model = scorer.model
+    vision = model.vision_model(pixel_values=pixels)
+    text = F.normalize(tower_output(model.get_text_features(**tokens)), dim=-1)  # (C, P)
+    if mode == "crop":
+        region = model.visual_projection(vision.pooler_output)  # (N, P), a crop per region
+    else:
+        size, patch = model.config.vision_config.image_size, model.config.vision_config.patch_size
+        patches = vision.last_hidden_state[:, 1:]  # (B, g * g, D): the scorer's layer, -1
+        distinct = list({id(images[i]): None for i in span})  # prepare's image order
+        pooled = []
+        for i in span:
+            weight = regions.resize(region_masks([{"box": list(boxes[i])}], *images[i].size, size),
+                                    size // patch).flatten()  # (g * g,)
+            pooled.append((patches[distinct.index(id(images[i]))] * weight[:, None]).sum(0) / weight.sum())
+        region = model.visual_projection(model.vision_model.post_layernorm(torch.stack(pooled)))
+    region = F.normalize(region, dim=-1)
+    caption = [k for k, i in enumerate(span) for _ in scorer.chunks(texts[i])]  # (C,) each chunk's caption
+    return torch.stack([text[j] @ region[k] for j, k in enumerate(caption)])
 
 
 if __name__ == "__main__":

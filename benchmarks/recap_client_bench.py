@@ -30,7 +30,7 @@ def serve(root: str, latency: float, queue, stop) -> None:
     """The stand-in over the corpus' V3Det train images, until `stop` is set."""
     from rgpt.config import StandinParams
     from rgpt.data.formats import read_split
-    from rgpt.recap.standin import StandinVLM
+    from rgpt.embedded.standin import StandinVLM
 
     params = StandinParams(corrupt_share=0.0, error_share=0.0, slow_share=0.0, latency_s=latency)
     with StandinVLM(read_split(root, "v3det", "train"), root, context=0.5, params=params) as vlm:
@@ -57,11 +57,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     args = parser.parse_args()
 
-    from conftest import small_synthetic_params
     from rgpt.data.formats import read_split
-    from rgpt.data.synthetic import write_corpus
+    from rgpt.embedded.synthetic.corpus import write_corpus
     from rgpt.recap.client import user_message
     from rgpt.recap.images import png_data_url
+
+    from conftest import small_synthetic_params
 
     with tempfile.TemporaryDirectory() as tmp:
         write_corpus(tmp, small_synthetic_params(), progress=False)

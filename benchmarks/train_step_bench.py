@@ -5,7 +5,9 @@ schedule (rgpt.train.trainer.build_optimizer), one process.
     OMP_NUM_THREADS=1 python benchmarks/train_step_bench.py [--hidden 256 --layers 4 --batch 8 --seq 128]
 
 The three runs take turns, `--rounds` rounds of `--steps` steps each, so load from other work on
-the machine falls on all of them alike; the table gives the median step of each. Swap the model
+the machine falls on all of them alike; the table gives the median step of each. Before any step
+is timed, the first `CHECK_STEPS` steps of the three (same weights, same batch, same optimizer)
+must give the same losses, the optimizer's updates included, or the script fails. Swap the model
 by editing `build_model` (the only place it is made).
 """
 
@@ -27,6 +29,10 @@ from rgpt.train.trainer import TrainConfig, build_optimizer, load_deepspeed_conf
 
 VOCAB = 2048
 CLIP = 1.0  # what infra/deepspeed/*.json clip gradients to; the plain step clips the same
+CHECK_STEPS = 3  # untimed steps whose losses must agree: the first forward, then two updates' results
+# fp32 on CPU: the three agree to ~1e-6 (measured); on GPU the baseline is bf16 autocast over fp32
+# weights, the engine bf16 weights with fp32 masters: bf16 keeps 8 bits of mantissa (0.4 %)
+LOSS_TOLERANCE = {"cpu": {"rtol": 1e-5, "atol": 1e-5}, "cuda": {"rtol": 2e-2, "atol": 2e-2}}
 
 
 def build_model(hidden: int, layers: int) -> torch.nn.Module:
@@ -99,7 +105,16 @@ def main() -> None:
         "DeepSpeed ZeRO-3": engine_step(build_model(args.hidden, args.layers),
                                         replace(config, deepspeed_config=Path("infra/deepspeed/zero3.json")), batch),
     }
-    first_loss = {name: step() for name, step in runs.items()}  # warm-up step, and a check they agree
+    # warm-up steps, and the check that the three take the same steps: same losses, step by step
+    losses = {name: torch.tensor([step() for _ in range(CHECK_STEPS)], dtype=torch.float64)
+              for name, step in runs.items()}
+    for name in runs:
+        torch.testing.assert_close(
+            losses[name], losses["plain PyTorch"], **LOSS_TOLERANCE[device],
+            msg=lambda m, name=name: (f"{name} and plain PyTorch disagree on the losses of their first {CHECK_STEPS} "
+                                      f"steps ({name}: {losses[name].tolist()}, plain PyTorch: "
+                                      f"{losses['plain PyTorch'].tolist()}):\n{m}"))
+    first_loss = {name: float(values[0]) for name, values in losses.items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, step in runs.items():

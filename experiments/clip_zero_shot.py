@@ -3,7 +3,7 @@
 base_clip reports its zero-shot accuracy on V3Det val (long-tailed, 120 names). The embedded
 corpus's COCO names are "<colour> <shape>" (8 colours x 10 shapes, balanced), which splits a miss
 into the part the tower got wrong: RGPT can name no more shapes than its frozen tower holds
-(README "What the embedded model learns"). Regions are mask-pooled from the whole image at the
+(docs/findings.md). Regions are mask-pooled from the whole image at the
 CLIP's feature layer, as RGPT and base_clip see them.
 
     python experiments/clip_zero_shot.py [--clip base_models/clip]
@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, CLIPModel
 from rgpt.config import load_params
 from rgpt.data.records import DatasetSplit
 from rgpt.data.stages import VALIDATED
-from rgpt.model import base
+from rgpt.embedded.clip import region_images, zero_shot_predictions
 
 
 def main() -> None:
@@ -35,9 +35,9 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.clip)
     split = DatasetSplit.load(VALIDATED, args.split)
     names = [split.categories[k] for k in sorted(split.categories)]
-    examples = base.region_images([split], Path(params.data.root), params.base_models.clip.image_size)
+    examples = region_images([split], Path(params.data.root), params.base_models.clip.image_size)
     layer = params.model.vision_feature_layer
-    predicted = base.zero_shot_predictions(model, tokenizer, examples, names, layer)
+    predicted = zero_shot_predictions(model, tokenizer, examples, names, layer)
     labels = [texts[0] for e in examples for texts in e.texts]
     share = lambda right: sum(right) / len(labels)  # noqa: E731
     print(f"{args.split}: {len(labels)} regions, {len(names)} names")

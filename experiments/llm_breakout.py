@@ -1,15 +1,15 @@
 """When does the base LLM's REC skill appear? base_models' LLM training, many seeds and recipes.
 
 The base LLM learns REC (pick the numbered proposal a description names) from drills among two
-proposals, after a plateau at chance (rgpt/model/drills.py; README "REC"). This replays
+proposals, after a plateau at chance (rgpt/embedded/drills.py; docs/findings.md). This replays
 base_models' LLM training on the stage's own data for one seed and recipe, scoring fresh drills
 every 250 steps, so that many runs can be compared. It has two halves:
 
     pack   here, with rgpt installed: the stage's own tokenizer, drills and conversations, packed
-           as `base.pack` packs them (each `<image>` as one token, or as RGPT's image tokens), into
+           as `pack` packs them (each `<image>` as one token, or as RGPT's image tokens), into
            one compressed file (~4 MB)
     train  anywhere with torch and transformers alone (a lent GPU runs 14 at once in ~8 minutes;
-           2 CPU cores, ~1 s a step): the recipe of `base.train_llm` — AdamW with weight decay on
+           2 CPU cores, ~1 s a step): the recipe of `train_llm` — AdamW with weight decay on
            matrices, gradient clipping, each `<region>` slot holding its name's mean embedding —
            written out again so that it needs no rgpt, with the knobs below
 
@@ -33,7 +33,7 @@ skill but trained with one `<image>` token answered 0.76 of fresh drills on text
 RGPT's 64 image tokens (held-out RefCOCOg 0.37 / 0.23); one trained with the image tokens 0.76 /
 0.74. So base_models trains with the image tokens, its first phase at a constant rate after a
 warm-up of 400 steps (`base_models.llm.rec_first_warmup`) until fresh drills among two are
-answered right (`rec_first_target`).
+answered right (`rec_first_target`, a parameter of that recipe).
 
     python experiments/llm_breakout.py pack --out breakout.pkl.xz
     python experiments/llm_breakout.py train --data breakout.pkl.xz --seed 3 --warmup 400 --second image
@@ -55,7 +55,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 FIRST_DRILLS = 64_000  # the drills-alone phase's cap before the REC lists (be39512's rec_drills_first)
-NAME_TOKENS = 8  # base.SLOT_NAME_TOKENS, repeated: `train` runs without rgpt
+NAME_TOKENS = 8  # SLOT_NAME_TOKENS, repeated: `train` runs without rgpt
 WEIGHT_DECAY, GRAD_CLIP, WARMUP_RATIO = 0.1, 1.0, 0.05  # base.py's, likewise
 
 
@@ -63,27 +63,31 @@ WEIGHT_DECAY, GRAD_CLIP, WARMUP_RATIO = 0.1, 1.0, 0.05  # base.py's, likewise
 
 
 def pack(out: Path) -> None:
+    from rgpt.base_models.llm import num_image_tokens
     from rgpt.config import load_params
     from rgpt.data.conversations import read_conversations
     from rgpt.data.templates import load_templates
-    from rgpt.model import base, drills
+    from rgpt.embedded import drills
+    from rgpt.embedded.base_llm import CONVERSATION_FILES, HELDOUT_FRACTION, REC_HELDOUT_DRILLS, heldout_images
+    from rgpt.embedded.llm import conversation_ids, llm_config, pack, with_image
+    from rgpt.embedded.tokenizer import corpus_texts, train_tokenizer
 
     params, templates = load_params(), load_templates()
     bm, llm = params.base_models, params.base_models.llm
-    samples = [s for name in base.CONVERSATION_FILES for s in read_conversations(Path("outputs/conversations") / name)]
-    tokenizer = base.train_tokenizer(base.corpus_texts(samples, templates), bm.tokenizer.vocab_size, llm.max_length)
-    held = base.heldout_images(samples, base.HELDOUT_FRACTION, bm.seed)
+    samples = [s for name in CONVERSATION_FILES for s in read_conversations(Path("outputs/conversations") / name)]
+    tokenizer = train_tokenizer(corpus_texts(samples, templates), bm.tokenizer.vocab_size, llm.max_length)
+    held = heldout_images(samples, HELDOUT_FRACTION, bm.seed)
     train, heldout = [s for s in samples if s["image"] not in held], [s for s in samples if s["image"] in held]
-    names, k = drills.category_names(train), base.rgpt_image_tokens(params)
+    names, k = drills.category_names(train), num_image_tokens(params)
     proposals = params.conversations.rec_max_proposals
-    # the same drills as base_models (`base._train_and_save_llm`), the first ones up to the cap
+    # the same drills as base_models (`rgpt.embedded.base_llm`), the first ones up to the cap
     first = drills.rec_drills(names, FIRST_DRILLS, llm.rec_drill_turns, 2, templates, bm.seed + 1)
     mixed = drills.rec_drills(names, llm.rec_drills, llm.rec_drill_turns, proposals, templates, bm.seed)
-    fresh = drills.rec_questions(drills.rec_drills(names, base.REC_HELDOUT_DRILLS, 1, proposals, templates,
+    fresh = drills.rec_questions(drills.rec_drills(names, REC_HELDOUT_DRILLS, 1, proposals, templates,
                                                    bm.seed + 2), templates)
 
     def blocks(samples, image_tokens=1):
-        b = base.pack(samples, tokenizer, llm.max_length, image_tokens)
+        b = pack(samples, tokenizer, llm.max_length, image_tokens)
         return {"ids": b.ids.numpy().astype(np.int16), "slots": b.slots.numpy().astype(np.int16),
                 "names": b.names.numpy().astype(np.int16)}
 
@@ -91,13 +95,13 @@ def pack(out: Path) -> None:
         """Per question: every answer's whole conversation (ids, each slot's name ids), the right one."""
         rows = []
         for q in questions:
-            q = base.with_image(q) if image_tokens > 1 else q
+            q = with_image(q) if image_tokens > 1 else q
             answers = [templates.prompts.rec_answer.format(index=i) for i in range(1, q["proposals"] + 1)]
             seqs = []
             for answer in answers:
                 sample = {**q, "conversations": [q["conversations"][0], {"from": "gpt", "value": answer}]}
-                length = len(base.conversation_ids([sample], tokenizer, image_tokens)[0])
-                b = base.pack([sample], tokenizer, length, image_tokens)
+                length = len(conversation_ids([sample], tokenizer, image_tokens)[0])
+                b = pack([sample], tokenizer, length, image_tokens)
                 slot_names = np.full((length, NAME_TOKENS), -1, np.int16)
                 slots = b.slots[0].numpy()
                 slot_names[slots >= 0] = b.names.numpy()[slots[slots >= 0]]
@@ -105,9 +109,9 @@ def pack(out: Path) -> None:
             rows.append((seqs, answers.index(q["conversations"][1]["value"])))
         return rows
 
-    data = {"config": base.llm_config(llm, tokenizer).to_dict(), "image_tokens": k,
+    data = {"config": llm_config(llm, tokenizer).to_dict(), "image_tokens": k,
             "first": blocks(first), "second_text": blocks(train + mixed),
-            "second_image": blocks(train + [base.with_image(d) for d in mixed], k),
+            "second_image": blocks(train + [with_image(d) for d in mixed], k),
             "heldout_text": blocks(heldout), "heldout_image": blocks(heldout, k),
             "fresh_text": candidates(fresh, 1), "fresh_image": candidates(fresh, k),
             "refcocog_text": candidates(drills.rec_questions(heldout, templates), 1),
@@ -137,7 +141,7 @@ class Run:
         return {k: torch.from_numpy(v.astype(np.int64)).to(self.device) for k, v in blocks.items()}
 
     def embeds(self, ids: torch.Tensor, slot_names: torch.Tensor) -> torch.Tensor:
-        """`base.slot_embeddings`: each slot the mean input embedding of its name's tokens."""
+        """`slot_embeddings`: each slot the mean input embedding of its name's tokens."""
         embed = self.model.get_input_embeddings()
         x, filled = embed(ids), slot_names[..., 0] >= 0
         if filled.any():
@@ -153,7 +157,7 @@ class Run:
 
     @torch.no_grad()
     def rec(self, rows: list, limit: int | None = None) -> float:
-        """`base.rec_accuracy`: the right answer's whole conversation has the lowest summed loss."""
+        """`rec_accuracy`: the right answer's whole conversation has the lowest summed loss."""
         self.model.eval()
         right = 0
         for seqs, target in rows[:limit]:

@@ -4,12 +4,12 @@ Inside RGPT every question comes after the image's tokens (64 with the embedded 
 asks the base LLM (base_models/llm) the questions base_models scores it on — the held-out
 conversations' RefCOCOg questions and fresh drills among 2..rec_max_proposals, each slot holding
 its region's name — after k copies of the bare `<image>` token, for k = 0, 1 and RGPT's count
-(`rgpt.model.base.rgpt_image_tokens`).
+(`rgpt.model.num_image_tokens`).
 
-Measured on 2 CPU cores (README "REC"), the base LLM of 6ec8731's run, trained with one `<image>`
+Measured on 2 CPU cores (docs/findings.md), the base LLM of 6ec8731's run, trained with one `<image>`
 token: held-out 0.633 / 0.633 / 0.300 (chance 0.343), drills 0.770 / 0.820 / 0.530 (chance 0.383)
 for k = 0 / 1 / 64 — 64 tokens it never saw break its REC. base_models now trains with each
-`<image>` as RGPT's count of them (`base.pack`); the base LLM of the run after: held-out 0.700 /
+`<image>` as RGPT's count of them (`pack`); the base LLM of the run after: held-out 0.700 /
 0.700 / 0.733, drills 0.750 / 0.745 / 0.760.
 
     python experiments/rec_after_image.py [--llm base_models/llm]
@@ -24,10 +24,13 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from rgpt.base_models.llm import num_image_tokens
 from rgpt.config import load_params
 from rgpt.data.conversations import read_conversations
 from rgpt.data.templates import IMAGE, load_templates
-from rgpt.model import base, drills
+from rgpt.embedded import drills
+from rgpt.embedded.base_llm import CONVERSATION_FILES, HELDOUT_FRACTION, REC_HELDOUT_DRILLS, heldout_images
+from rgpt.embedded.rec import rec_accuracy
 
 
 def after_image(question: dict, k: int) -> dict:
@@ -47,18 +50,18 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.llm)
     llm = LlamaForCausalLM.from_pretrained(args.llm).eval()
     templates, seed = load_templates(), params.base_models.seed
-    # the same held-out images and fresh drills as base_models (`base._train_and_save_llm`)
-    samples = [s for name in base.CONVERSATION_FILES for s in read_conversations(args.conversations / name)]
-    held = base.heldout_images(samples, base.HELDOUT_FRACTION, seed)
+    # the same held-out images and fresh drills as base_models (`rgpt.embedded.base_llm`)
+    samples = [s for name in CONVERSATION_FILES for s in read_conversations(args.conversations / name)]
+    held = heldout_images(samples, HELDOUT_FRACTION, seed)
     names = drills.category_names([s for s in samples if s["image"] not in held])
     sets = {"held-out RefCOCOg": drills.rec_questions([s for s in samples if s["image"] in held], templates),
             "fresh drills": drills.rec_questions(drills.rec_drills(
-                names, base.REC_HELDOUT_DRILLS, 1, params.conversations.rec_max_proposals, templates, seed + 2),
+                names, REC_HELDOUT_DRILLS, 1, params.conversations.rec_max_proposals, templates, seed + 2),
                 templates)}
-    counts = (0, 1, base.rgpt_image_tokens(params))
+    counts = (0, 1, num_image_tokens(params))
     print(f"{'questions':<18} {'n':>4} {'chance':>7}", *(f"{f'k={k}':>7}" for k in counts))
     for label, questions in sets.items():
-        scores = [base.rec_accuracy(llm, tokenizer, [after_image(q, k) for q in questions], templates)
+        scores = [rec_accuracy(llm, tokenizer, [after_image(q, k) for q in questions], templates)
                   for k in counts]
         chance = np.mean([1 / q["proposals"] for q in questions])
         print(f"{label:<18} {len(questions):>4} {chance:>7.3f}", *(f"{s:>7.3f}" for s in scores), flush=True)

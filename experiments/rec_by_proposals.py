@@ -4,11 +4,11 @@ Two models, each scored by forced choice (the lowest answer loss among "Region [
 "Region [n].", as base_models scores REC):
 
 - the base LLM (base_models/llm) on fresh drills among exactly n proposals, each slot holding its
-  name, asked after RGPT's image tokens as base_models asks them (`base.with_image`);
+  name, asked after RGPT's image tokens as base_models asks them (`with_image`);
 - a trained RGPT (--model) on the train stages' held-out RefCOCOg questions (`heldout_questions`),
   its slots holding its projected regions.
 
-Measured on 2 CPU cores with be39512's run (README "REC"), right (questions):
+Measured on 2 CPU cores with be39512's run (docs/findings.md), right (questions):
 
     proposals  chance   base LLM, fresh drills           RGPT stage 2, held-out RefCOCOg
                         target last   target before      target last   target before
@@ -27,7 +27,7 @@ at chance before it. The slots are not what limits it: with the regions' names i
 (experiments/rec_slots.py) stage 2's REC is the same as with its projected regions (0.509 / 0.516).
 
 Since base_models begins with dense REC lists (drills.RecList), the same script finds the match
-wherever the target stands: README "What does teach the match" has the table of that run.
+wherever the target stands: docs/findings.md has the table of that run.
 
     python experiments/rec_by_proposals.py [--model models/stage2] [--llm base_models/llm]
 """
@@ -41,24 +41,21 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from rgpt.base_models.llm import num_image_tokens
 from rgpt.config import load_params
 from rgpt.data.conversations import read_conversations
 from rgpt.data.records import DatasetSplit
 from rgpt.data.stages import VALIDATED
 from rgpt.data.templates import load_templates
-from rgpt.eval.heldout import heldout_questions, requests
-from rgpt.model import base, drills
+from rgpt.embedded import drills
+from rgpt.embedded.base_llm import CONVERSATION_FILES
+from rgpt.embedded.llm import with_image
+from rgpt.embedded.rec import rec_choices
+from rgpt.eval.heldout import heldout_questions, rec_forced_choices, requests
 from rgpt.model.modeling_rgpt import RGPTForConditionalGeneration
 from rgpt.model.processing_rgpt import RGPTProcessor
 
-from rec_slots import forced_choice
-
 DRILLS_PER_COUNT = 80
-
-
-def target(question_answer: str) -> int | None:
-    """The 1-based proposal a REC answer "Region [k]." names (None: no proposal matches)."""
-    return int(question_answer[8:-2]) if question_answer.startswith("Region [") else None
 
 
 def base_llm_answers(llm_path: Path, conversations: Path, max_proposals: int, image_tokens: int,
@@ -68,14 +65,14 @@ def base_llm_answers(llm_path: Path, conversations: Path, max_proposals: int, im
     tokenizer = AutoTokenizer.from_pretrained(llm_path)
     llm = LlamaForCausalLM.from_pretrained(llm_path).eval()
     templates = load_templates()
-    samples = [s for name in base.CONVERSATION_FILES for s in read_conversations(conversations / name)]
+    samples = [s for name in CONVERSATION_FILES for s in read_conversations(conversations / name)]
     names = drills.category_names(samples)
     answers = []
     for n in range(2, max_proposals + 1):
         drawn = drills.rec_questions(drills.rec_drills(names, 20 * DRILLS_PER_COUNT, 1, n, templates, seed), templates)
-        questions = [base.with_image(q) for q in drawn if q["proposals"] == n][:DRILLS_PER_COUNT]
-        chosen = base.rec_choices(llm, tokenizer, questions, templates, image_tokens)
-        answers += [(n, target(q["conversations"][1]["value"]), k) for q, k in zip(questions, chosen)]
+        questions = [with_image(q) for q in drawn if q["proposals"] == n][:DRILLS_PER_COUNT]
+        chosen = rec_choices(llm, tokenizer, questions, templates, image_tokens)
+        answers += [(n, drills.answer_target(q["conversations"][1]["value"]), k) for q, k in zip(questions, chosen)]
     return answers
 
 
@@ -88,10 +85,10 @@ def rgpt_answers(model_path: Path, params) -> list[tuple[int, int, int]]:
                                   params.train.heldout_images, params.train.seed,
                                   params.conversations.rec_max_proposals)
     rec = [i for i, q in enumerate(questions)
-           if q.task == "rec" and len(q.regions) > 1 and target(q.answer) is not None]
+           if q.task == "rec" and len(q.regions) > 1 and drills.answer_target(q.answer) is not None]
     with torch.no_grad():
-        chosen = forced_choice(model, processor, questions, requests(questions, params.data.root), rec)
-    return [(len(questions[i].regions), target(questions[i].answer), k) for i, k in zip(rec, chosen)]
+        chosen = rec_forced_choices(model, processor, questions, requests(questions, params.data.root), rec)
+    return [(len(questions[i].regions), drills.answer_target(questions[i].answer), k) for i, k in zip(rec, chosen)]
 
 
 def share(rows: list[tuple[int, int, int]]) -> str:
@@ -108,7 +105,7 @@ def main() -> None:
     torch.set_num_threads(2)
     most = params.conversations.rec_max_proposals
     models = {"base LLM, fresh drills": base_llm_answers(args.llm, args.conversations, most,
-                                                         base.rgpt_image_tokens(params), params.base_models.seed + 4),
+                                                         num_image_tokens(params), params.base_models.seed + 4),
               "RGPT, held-out RefCOCOg": rgpt_answers(args.model, params)}
     for label, answers in models.items():
         print(f"\n{label}: right (questions), by proposal count")

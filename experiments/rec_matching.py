@@ -13,7 +13,7 @@ of 512 tokens, where a description can name a slot of an earlier drill):
   Region [k]. the {name}: Region [j]. ..." with every proposal asked for once, in random order
   (`drills.RecList`, which base_models now trains on first).
 
-Slots hold their names (`base.slot_embeddings`), the model is `base.llm_config`'s, AdamW as
+Slots hold their names (`slot_embeddings`), the model is `llm_config`'s, AdamW as
 base_models trains it at a constant rate after a 400-step warm-up, loss on every token. Every
 `--every` steps: the first question's REC by forced choice among the proposals' numbers on 200
 fresh rows, by proposal count, split by whether the target is the last proposal or before it.
@@ -48,9 +48,9 @@ from transformers import AutoTokenizer, LlamaForCausalLM, get_constant_schedule_
 from rgpt.config import load_params
 from rgpt.data.conversations import read_conversations
 from rgpt.data.templates import REGION, load_templates
-from rgpt.model import base, drills
-
-from rec_by_proposals import target
+from rgpt.embedded import drills, optim
+from rgpt.embedded.base_llm import CONVERSATION_FILES
+from rgpt.embedded.llm import Blocks, conversation_ids, llm_config, lm_loss, rows, slot_embeddings
 
 FORMATS = ("template", "followups", "minimal")
 FRESH_ROWS = 200
@@ -82,34 +82,34 @@ class Rows:
                     {"from": "human", "value": f"And the {chosen[k]}?"},
                     {"from": "gpt", "value": self.templates.prompts.rec_answer.format(index=k + 1)}]
                 drill["tasks"].append("rec")
-        return base.conversation_ids([drill], self.tokenizer)[0], chosen, target(drill["conversations"][1]["value"])
+        return conversation_ids([drill], self.tokenizer)[0], chosen, drills.answer_target(drill["conversations"][1]["value"])
 
     def _minimal(self) -> tuple[list[int], list[str], int]:
         rec_list = drills.rec_list(self.names, self.max_proposals, self.rng)
         return [self.tokenizer.bos_token_id, *self._ids(rec_list.text())], list(rec_list.names), rec_list.target
 
-    def draw(self, count: int) -> tuple[base.Blocks, list[tuple[int, int, int]]]:
-        """`count` fresh rows (`base.rows`) and per row (answer position, n, target)."""
-        rows = [self._minimal() if self.fmt == "minimal" else self._conversation() for _ in range(count)]
+    def draw(self, count: int) -> tuple[Blocks, list[tuple[int, int, int]]]:
+        """`count` fresh rows (`rows`) and per row (answer position, n, target)."""
+        drawn = [self._minimal() if self.fmt == "minimal" else self._conversation() for _ in range(count)]
         firsts = []
-        for row, chosen, target in rows:
+        for row, chosen, answer_k in drawn:
             last_slot = max(p for p, t in enumerate(row) if t == self.region_id)
             # the first number after the last slot that follows " [": the first question's answer
             answer = next(p for p in range(last_slot, len(row)) if row[p] in self.digits and row[p - 1] == self.bracket)
-            firsts.append((answer, len(chosen), target))
-        return base.rows([(row, chosen) for row, chosen, _ in rows], self.tokenizer), firsts
+            firsts.append((answer, len(chosen), answer_k))
+        return rows([(row, chosen) for row, chosen, _ in drawn], self.tokenizer), firsts
 
 
 @torch.no_grad()
-def first_question_rec(llm, rows: Rows) -> dict[int, tuple[float, float]]:
+def first_question_rec(llm, fresh: Rows) -> dict[int, tuple[float, float]]:
     """Per proposal count: the share of fresh first questions right, target last / before it."""
-    blocks, firsts = rows.draw(FRESH_ROWS)
-    logits = llm(inputs_embeds=base.slot_embeddings(llm.get_input_embeddings(), blocks),
+    blocks, firsts = fresh.draw(FRESH_ROWS)
+    logits = llm(inputs_embeds=slot_embeddings(llm.get_input_embeddings(), blocks),
                  attention_mask=blocks.mask).logits
     right: dict[int, tuple[list[bool], list[bool]]] = {}
-    for i, (answer, n, target) in enumerate(firsts):
-        chosen = int(logits[i, answer - 1, rows.digits[:n]].argmax()) + 1
-        right.setdefault(n, ([], []))[0 if target == n else 1].append(chosen == target)
+    for i, (answer, n, answer_k) in enumerate(firsts):
+        chosen = int(logits[i, answer - 1, fresh.digits[:n]].argmax()) + 1
+        right.setdefault(n, ([], []))[0 if answer_k == n else 1].append(chosen == answer_k)
     return {n: tuple(round(sum(v) / max(1, len(v)), 2) for v in right[n]) for n in sorted(right)}
 
 
@@ -126,12 +126,12 @@ def main() -> None:
     llm_params, seed = params.base_models.llm, params.base_models.seed
     torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained("base_models/llm")
-    samples = [s for name in base.CONVERSATION_FILES for s in read_conversations(Path("outputs/conversations") / name)]
+    samples = [s for name in CONVERSATION_FILES for s in read_conversations(Path("outputs/conversations") / name)]
     names = drills.category_names(samples)
     most = params.conversations.rec_max_proposals
-    base.seed_everything(seed)
-    llm = LlamaForCausalLM(base.llm_config(llm_params, tokenizer))
-    optimizer = base._adamw(llm, llm_params.learning_rate)
+    optim.seed_everything(seed)
+    llm = LlamaForCausalLM(llm_config(llm_params, tokenizer))
+    optimizer = optim.adamw(llm, llm_params.learning_rate)
     scheduler = get_constant_schedule_with_warmup(optimizer, WARMUP)
     phases = [(args.format, args.steps)] + ([(args.then, args.then_steps)] if args.then else [])
     checked = {fmt: Rows(fmt, tokenizer, names, templates, most, seed + 2) for fmt, _ in phases}
@@ -142,8 +142,8 @@ def main() -> None:
         print(f"{fmt}: {steps} steps", flush=True)
         for _ in range(steps):
             step += 1
-            loss = base.lm_loss(llm, train.draw(args.batch)[0])
-            base._step(llm, loss, optimizer, scheduler)
+            loss = lm_loss(llm, train.draw(args.batch)[0])
+            optim.step(llm, loss, optimizer, scheduler)
             if step % args.every == 0:
                 llm.eval()
                 print(step, f"loss {loss.item():.3f}", f"{time.time() - started:.0f} s", "last / before:",

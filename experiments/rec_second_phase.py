@@ -23,7 +23,7 @@ Measured on 2 CPU cores with be39512's tokenizer and conversations (right, targe
 At its break-out the LLM never answers the last proposal among three or more: among two it checks
 the first one. Drills among more then teach it within 250 steps to check the last one instead,
 and in 1,250 steps not to match the others (before the last: chance is 1/(n-1) for a guess among
-them). A second phase of the same drills is not the fix (nor, stop 26, more drills among 3..6 for
+them). A second phase of the same drills is not the fix (nor, measured before, more drills among 3..6 for
 the finished base LLM).
 
     python experiments/rec_second_phase.py --steps 1250 [--state phase_a.pt] [--lr 1e-3]
@@ -44,9 +44,10 @@ from transformers import AutoTokenizer, LlamaForCausalLM, get_constant_schedule_
 from rgpt.config import load_params
 from rgpt.data.conversations import read_conversations
 from rgpt.data.templates import load_templates
-from rgpt.model import base, drills
-
-from rec_by_proposals import target
+from rgpt.embedded import drills, optim
+from rgpt.embedded.base_llm import CONVERSATION_FILES, HELDOUT_FRACTION, heldout_images
+from rgpt.embedded.llm import llm_config, lm_loss, pack
+from rgpt.embedded.rec import rec_accuracy, rec_choices
 
 CHECK_EVERY = 250
 QUESTIONS_PER_COUNT = 40
@@ -59,8 +60,8 @@ def by_target_position(llm, tokenizer, questions: dict[int, list], templates) ->
     """For each proposal count n: the share right when the target is the last proposal, and before it."""
     shares = {}
     for n, drawn in questions.items():
-        chosen = base.rec_choices(llm, tokenizer, drawn, templates)
-        targets = [target(q["conversations"][1]["value"]) for q in drawn]
+        chosen = rec_choices(llm, tokenizer, drawn, templates)
+        targets = [drills.answer_target(q["conversations"][1]["value"]) for q in drawn]
         last = [k == t for k, t in zip(chosen, targets) if t == n]
         before = [k == t for k, t in zip(chosen, targets) if t < n]
         shares[n] = (round(sum(last) / max(1, len(last)), 2), round(sum(before) / max(1, len(before)), 2))
@@ -78,30 +79,30 @@ def main() -> None:
     llm_params, seed, most = params.base_models.llm, params.base_models.seed, params.conversations.rec_max_proposals
     torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained("base_models/llm")
-    samples = [s for name in base.CONVERSATION_FILES for s in read_conversations(Path("outputs/conversations") / name)]
-    held = base.heldout_images(samples, base.HELDOUT_FRACTION, seed)
+    samples = [s for name in CONVERSATION_FILES for s in read_conversations(Path("outputs/conversations") / name)]
+    held = heldout_images(samples, HELDOUT_FRACTION, seed)
     names = drills.category_names([s for s in samples if s["image"] not in held])
-    # the first drills-alone phase's drills and check, as `base._train_and_save_llm` draws them
-    first = base.pack(drills.rec_drills(names, FIRST_DRILLS, llm_params.rec_drill_turns, 2,
+    # the first drills-alone phase's drills and check, as rgpt.embedded.base_llm draws them
+    first = pack(drills.rec_drills(names, FIRST_DRILLS, llm_params.rec_drill_turns, 2,
                                         templates, seed + 1), tokenizer, llm_params.max_length)
     among_two = drills.rec_questions(drills.rec_drills(names, FIRST_CHECK_QUESTIONS, 1, 2, templates,
                                                        seed + 3), templates)
-    second = base.pack(drills.rec_drills(names, SECOND_DRILLS, llm_params.rec_drill_turns, most, templates,
+    second = pack(drills.rec_drills(names, SECOND_DRILLS, llm_params.rec_drill_turns, most, templates,
                                          seed + 6), tokenizer, llm_params.max_length)
     questions = {}
     for n in range(3, most + 1):
         drawn = drills.rec_questions(drills.rec_drills(names, 600, 1, n, templates, seed + 5), templates)
         questions[n] = [q for q in drawn if q["proposals"] == n][:QUESTIONS_PER_COUNT]
 
-    base.seed_everything(seed)
-    llm = LlamaForCausalLM(base.llm_config(llm_params, tokenizer))
-    optimizer = base._adamw(llm, llm_params.learning_rate)
+    optim.seed_everything(seed)
+    llm = LlamaForCausalLM(llm_config(llm_params, tokenizer))
+    optimizer = optim.adamw(llm, llm_params.learning_rate)
     scheduler = get_constant_schedule_with_warmup(optimizer, llm_params.rec_first_warmup)
     started = time.time()
 
     def report(step: int, loss: float) -> float:
         llm.eval()
-        two = base.rec_accuracy(llm, tokenizer, among_two, templates)
+        two = rec_accuracy(llm, tokenizer, among_two, templates)
         print(step, f"loss {loss:.3f}", f"{time.time() - started:.0f} s", f"among two {two:.2f}",
               "last/before:", by_target_position(llm, tokenizer, questions, templates), flush=True)
         llm.train()
@@ -117,8 +118,8 @@ def main() -> None:
         llm.train()
         batches = torch.randperm(len(first), generator=torch.Generator().manual_seed(seed))
         for step, batch in enumerate(batches.split(llm_params.batch_size), 1):
-            loss = base.lm_loss(llm, first[batch])
-            base._step(llm, loss, optimizer, scheduler)
+            loss = lm_loss(llm, first[batch])
+            optim.step(llm, loss, optimizer, scheduler)
             if step % CHECK_EVERY == 0 and report(step, loss.item()) >= FIRST_TARGET:
                 break
         if args.state:
@@ -133,8 +134,8 @@ def main() -> None:
     started = time.time()
     batches = torch.randperm(len(second), generator=torch.Generator().manual_seed(seed + 6))
     for step, batch in enumerate(batches.split(llm_params.batch_size)[:args.steps], 1):
-        loss = base.lm_loss(llm, second[batch])
-        base._step(llm, loss, optimizer, scheduler)
+        loss = lm_loss(llm, second[batch])
+        optim.step(llm, loss, optimizer, scheduler)
         if step % CHECK_EVERY == 0:
             report(step, loss.item())
 

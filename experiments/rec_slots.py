@@ -1,7 +1,7 @@
 """Where a trained RGPT loses REC: the region slots' contents, or the image tokens around them?
 
 The base LLM learns REC with each `<region>` slot holding the mean input embedding of its region's
-name (`rgpt.model.base.slot_embeddings`; base_models measures it on text alone: the REC figures in
+name (`rgpt.model.slot_embeddings`; base_models measures it on text alone: the REC figures in
 reports/base_models/metrics.json). Inside RGPT two things differ: the slots hold projected region
 features, and `<image>` is `model.image_tokens` projected image tokens the base LLM never saw.
 This scores a trained RGPT's held-out REC (RefCOCOg val expressions among the image's regions, as
@@ -31,7 +31,7 @@ breaks its REC (fewer image tokens: 0.41; the image tokens left out of attention
 0.415). Even then its REC on RefCOCOg's expressions is ~0.4 against 0.66 on its own drills, with
 152 of the 159 targets the only proposal of their name: a name matcher would get them right.
 Stage 2's model with names in its slots: classification 0.827, REC 0.333 (forced) — fine-tuning
-does not learn REC either (README "REC").
+does not learn REC either (docs/findings.md).
 
     python experiments/rec_slots.py --model models/stage1 --slots names --image-tokens 2
 """
@@ -48,15 +48,14 @@ from transformers import AutoTokenizer
 from rgpt.config import load_params
 from rgpt.data.records import DatasetSplit
 from rgpt.data.stages import VALIDATED
-from rgpt.eval.heldout import Question, answer_questions, heldout_questions, is_right, requests
-from rgpt.model.inference import answer_losses
+from rgpt.eval.heldout import answer_questions, heldout_questions, is_right, rec_forced_choices, requests
 from rgpt.model.modeling_rgpt import RGPTForConditionalGeneration
 from rgpt.model.processing_rgpt import RGPTProcessor
 
 
 class NamedSlots:
     """Replaces the model's region embeddings, batch by batch, with the mean input embedding of
-    each region's name (`base.slot_embeddings`); `queue`: the names in the order the regions are
+    each region's name (`slot_embeddings`); `queue`: the names in the order the regions are
     encoded."""
 
     def __init__(self, model: RGPTForConditionalGeneration, tokenizer):
@@ -73,22 +72,6 @@ class NamedSlots:
     def __call__(self, refined, masks, image_index) -> torch.Tensor:
         names, self.queue = self.queue[:len(masks)], self.queue[len(masks):]
         return torch.stack([self.row(n) for n in names])
-
-
-def forced_choice(model, processor, questions: list[Question], asked, rows: list[int],
-                  reset=lambda: None) -> list[int]:
-    """For each REC question, the 1-based proposal whose answer "Region [k]." has the lowest loss."""
-    scored, owners = [], []
-    for i in rows:
-        for k in range(1, len(questions[i].regions) + 1):
-            scored.append(dataclasses.replace(asked[i], turns=[(questions[i].question, f"Region [{k}].")]))
-            owners.append((i, k))
-    reset()
-    losses = answer_losses(model, processor, scored)
-    best: dict[int, tuple[float, int]] = {}
-    for (i, k), loss in zip(owners, losses):
-        best[i] = min(best.get(i, (loss, k)), (loss, k))
-    return [best[i][1] for i in rows]
 
 
 def main() -> None:
@@ -119,7 +102,8 @@ def main() -> None:
             slots.queue = [n for i in rec for _ in questions[i].regions for n in questions[i].names]
     with torch.no_grad():
         answers = answer_questions(model, processor, asked)
-        chosen = forced_choice(model, processor, questions, asked, rec, reset)
+        reset()
+        chosen = rec_forced_choices(model, processor, questions, asked, rec)
     for task in ("classification", "rec"):
         rows = [i for i, q in enumerate(questions) if q.task == task]
         right = sum(is_right(task, answers[i], questions[i].answer) for i in rows) / len(rows)

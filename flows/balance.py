@@ -7,12 +7,13 @@ from rgpt.data import stages
 from rgpt.tracking import flow_version, log_outputs, stage_run
 
 PARAMS = load_params()
+STAGE_PARAMS = PARAMS.for_stage("balance")  # what the stage may read: the keys dvc.yaml lists for it
 
 
 @flow(name="balance", version=flow_version("balance", PARAMS))
 def balance() -> dict:
     with stage_run("balance", PARAMS):
-        result = stages.run_balance(PARAMS)
+        result = stages.run_balance(STAGE_PARAMS)
         log_outputs(result)
     return result.metrics
 

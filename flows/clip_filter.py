@@ -12,12 +12,13 @@ from rgpt.recap import clip_filter as stage
 from rgpt.tracking import flow_version, log_outputs, stage_run
 
 PARAMS = load_params()
+STAGE_PARAMS = PARAMS.for_stage("clip_filter")  # what the stage may read: the keys dvc.yaml lists for it
 
 
 @flow(name="clip_filter", version=flow_version("clip_filter", PARAMS))
 def clip_filter() -> dict:
     with stage_run("clip_filter", PARAMS):
-        result = stage.run_clip_filter(PARAMS)
+        result = stage.run_clip_filter(STAGE_PARAMS)
         log_outputs(result)
     return result.metrics
 

@@ -7,18 +7,19 @@ Not a dvc stage: its output is data/ itself, which `dvc add data` records in dat
 from prefect import flow
 
 from rgpt.config import load_params
-from rgpt.data import stages
+from rgpt.data import corpus
 from rgpt.tracking import flow_version, log_outputs, stage_run
 
 PARAMS = load_params()
+STAGE_PARAMS = PARAMS.for_stage("download")  # what the stage may read (config.DOWNLOAD_KEYS)
 
 
 @flow(name="download", version=flow_version("download", PARAMS), log_prints=True)
 def download() -> dict:
     with stage_run("download", PARAMS):
-        result = stages.produce_corpus(PARAMS)
+        result = corpus.produce_corpus(STAGE_PARAMS)
         log_outputs(result)
-        print(f"{PARAMS.data.source} corpus ready in {PARAMS.data.root}/: {result.metrics}")
+        print(f"{STAGE_PARAMS.data.source} corpus ready in {STAGE_PARAMS.data.root}/: {result.metrics}")
     return result.metrics
 
 

@@ -10,17 +10,19 @@ from prefect import flow
 
 from rgpt.config import load_params
 from rgpt.eval import stages
+from rgpt.paths import MODELS
 from rgpt.tracking import flow_version, log_outputs, stage_run
 
 PARAMS = load_params()
+STAGE_PARAMS = PARAMS.for_stage("evaluate")  # what the stage may read: the keys dvc.yaml lists for it
 
 
 @flow(name="evaluate", version=flow_version("evaluate", PARAMS))
 def evaluate() -> dict:
     with stage_run("evaluate", PARAMS):
-        result = stages.run_evaluate(PARAMS)
+        result = stages.run_evaluate(STAGE_PARAMS)
         log_outputs(result)
-        if PARAMS.evaluate.model == stages.STAGE2_MODEL:  # the model the record names
+        if STAGE_PARAMS.evaluate.model == MODELS / "stage2":  # the model the record names
             stages.log_to_registered_model(result.metrics)
     return result.metrics
 

@@ -13,6 +13,7 @@ from rgpt.recap.generate import caption_shard
 from rgpt.tracking import flow_version, log_outputs, stage_run
 
 PARAMS = load_params()
+STAGE_PARAMS = PARAMS.for_stage("recap")  # what the stage may read: the keys dvc.yaml lists for it
 
 
 @task(task_run_name="recap shard {shard.index}")
@@ -24,12 +25,12 @@ def map_shards(job, shards):
     return recap_shard.map(shards, unmapped(job)).result()
 
 
-@flow(name="recap", version=flow_version("recap", PARAMS), task_runner=stages.task_runner(PARAMS.recap))
+@flow(name="recap", version=flow_version("recap", PARAMS), task_runner=stages.task_runner(STAGE_PARAMS.recap))
 def recap() -> dict:
     with stage_run("recap", PARAMS):
-        result = stages.run_recap(PARAMS, map_shards=map_shards, gate=False)
+        result = stages.run_recap(STAGE_PARAMS, map_shards=map_shards, gate=False)
         log_outputs(result)
-        stages.check_gate(result.metrics, PARAMS.recap.max_failure_ratio)  # after logging: a failed run shows why
+        stages.check_gate(result.metrics, STAGE_PARAMS.recap.max_failure_ratio)  # after logging: a failed run shows why
     return result.metrics
 
 

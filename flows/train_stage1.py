@@ -7,22 +7,17 @@ into this flow's MLflow run; a killed run started again resumes from its last ch
 from prefect import flow
 
 from rgpt.config import load_params
-from rgpt.serve.pyfunc import log_model
-from rgpt.tracking import flow_version, log_inputs, log_outputs, stage_run, tracking_uri
+from rgpt.tracking import flow_version, stage_run
 from rgpt.train import stages
 
 PARAMS = load_params()
+STAGE_PARAMS = PARAMS.for_stage("train_stage1")  # what the stage may read: the keys dvc.yaml lists for it
 
 
 @flow(name="train_stage1", version=flow_version("train_stage1", PARAMS))
 def train_stage1() -> dict:
     with stage_run("train_stage1", PARAMS) as run:
-        log_inputs({"conversations": stages.CONVERSATIONS / "pretrain.jsonl"}, context="training")
-        env = {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": tracking_uri()}
-        result = stages.run_stage(PARAMS, 1, env)
-        log_outputs(result)
-        log_model(stages.MODELS / "stage1")
-    return result.metrics
+        return stages.train_and_log(STAGE_PARAMS, 1, run).metrics
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import paths
 from .config import PARAMS_FILE, PROFILES, load_params, set_profile
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -75,19 +76,20 @@ def chat(question: str = typer.Argument(..., help='e.g. "What is in <region>?" (
     the --box ones first, then the --mask ones."""
     from PIL import Image
 
-    from .chat import load_model, parse_box, read_mask
+    from .data.templates import REGION
     from .model.inference import Request, answer
+    from .model.loading import load_model
+    from .user_regions import image_question, parse_box, read_mask
 
     pil = Image.open(image).convert("RGB")
     try:
         regions = [parse_box(b, *pil.size) for b in box] + [read_mask(m, *pil.size) for m in mask]
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    if question.count("<region>") != len(regions):
-        raise typer.BadParameter(f"the question has {question.count('<region>')} <region> placeholders "
+    if question.count(REGION) != len(regions):
+        raise typer.BadParameter(f"the question has {question.count(REGION)} {REGION} placeholders "
                                  f"but {len(regions)} regions were given (--box/--mask)")
-    if "<image>" not in question:
-        question = f"<image>\n{question}"
+    question = image_question(question)
     rgpt, processor = load_model(model)
     console.print(answer(rgpt, processor, [Request(pil, [(question, None)], regions)], max_new_tokens=max_new_tokens)[0])
 
@@ -97,7 +99,7 @@ def data_synth(out: Path = typer.Argument(..., help="folder to write the corpus 
                seed: Optional[int] = typer.Option(None, help="override synthetic.seed"),
                scale: float = typer.Option(1.0, help="multiply every image count by this")) -> None:
     """Write the synthetic twin corpus (every dataset's real on-disk format) to OUT."""
-    from .data.synthetic import write_corpus
+    from .embedded.synthetic.corpus import write_corpus
 
     if out.exists() and any(out.iterdir()):
         raise typer.BadParameter(f"{out} is not empty")
@@ -117,8 +119,8 @@ def data_fetch(sources: Optional[list[str]] = typer.Argument(None, help="registr
     p = load_params()
     fetched = fetch_all(sources or p.download.sources, p.data.root, images=images,
                         retries=p.download.retries, timeout_s=p.download.timeout_s)
-    for name, paths in fetched.items():
-        console.print(f"{name}: {', '.join(str(x) for x in paths)}")
+    for name, files in fetched.items():
+        console.print(f"{name}: {', '.join(str(x) for x in files)}")
 
 
 @data_app.command("stats")
@@ -156,11 +158,11 @@ def data_show(dataset: str = typer.Argument(..., help="v3det | vg | coco | lvis 
 
 
 @recap_app.command("stats")
-def recap_stats(captions: Path = typer.Option(Path("outputs/recap/captions.jsonl"), help="the recap stage's captions"),
-                metrics: Path = typer.Option(Path("reports/recap/metrics.json"), help="the recap stage's metrics"),
-                filtered: Path = typer.Option(Path("outputs/clip_filter/captions.jsonl"),
-                                              help="the captions clip_filter kept (shown when present)"),
-                filter_metrics: Path = typer.Option(Path("reports/clip_filter/metrics.json"),
+def recap_stats(captions: Path = typer.Option(paths.CAPTIONS, help="the recap stage's captions"),
+                metrics: Path = typer.Option(paths.stage_reports("recap") / "metrics.json",
+                                             help="the recap stage's metrics"),
+                filtered: Path = typer.Option(paths.KEPT, help="the captions clip_filter kept (shown when present)"),
+                filter_metrics: Path = typer.Option(paths.stage_reports("clip_filter") / "metrics.json",
                                                     help="the clip_filter stage's metrics (shown when present)"),
                 bins: int = typer.Option(10, help="bars in the words-per-caption histogram")) -> None:
     """Regions captioned, API calls, tokens, retries, failures by reason, cache hits, words per caption;

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 
@@ -14,6 +13,15 @@ from rgpt.model.configuration_rgpt import RGPTConfig
 from rgpt.model.processing_rgpt import ProcessorConfig, RGPTProcessor
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def embedded(key: str, **overrides):
+    """The embedded profile's section `key` of params.yaml (e.g. "base_models.clip"), validated, with
+    `overrides` laid over it: params.yaml holds every default value, tests included."""
+    section = load_params(REPO / "params.yaml")
+    for part in key.split("."):
+        section = getattr(section, part)
+    return type(section).model_validate({**section.model_dump(), **overrides})
 
 
 def small_synthetic_params(**overrides) -> SyntheticParams:
@@ -33,7 +41,7 @@ def small_synthetic_params(**overrides) -> SyntheticParams:
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """A small synthetic corpus in the real datasets' layout (read-only for tests)."""
-    from rgpt.data.synthetic import write_corpus
+    from rgpt.embedded.synthetic.corpus import write_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root, small_synthetic_params(), progress=False)

@@ -9,26 +9,72 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import (AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
-from rgpt.config import ClipParams, HubParams, LlmParams, Params, load_params
+from rgpt.base_models.clip import build_base_clip
+from rgpt.base_models.llm import build_base_models, num_image_tokens
+from rgpt.clip_features import region_features
+from rgpt.config import Params, load_params
 from rgpt.data import formats
 from rgpt.data.conversations import build_finetune, build_pretrain, write_conversations
 from rgpt.data.records import DatasetSplit, ImageRecord, Region
 from rgpt.data.templates import load_templates
-from rgpt.model import base
-from rgpt.model.image import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, mean_colour, pad_to_square, square_transform,
-                              to_pixel_values)
+from rgpt.embedded.base_llm import REC_HELDOUT_DRILLS, heldout_images
+from rgpt.embedded.clip import (
+    RegionImage,
+    category_names,
+    clip_config,
+    contrastive_loss,
+    region_images,
+    region_texts,
+    train_clip,
+    zero_shot_accuracy,
+)
+from rgpt.embedded.llm import (
+    Blocks,
+    DrillPhase,
+    conversation_ids,
+    llm_config,
+    pack,
+    perplexity,
+    rows,
+    slot_embeddings,
+    train_llm,
+    with_image,
+)
+from rgpt.embedded.tokenizer import (
+    clip_text_tokenizer,
+    clip_tokenizer,
+    corpus_texts,
+    render_conversation,
+    train_tokenizer,
+)
+from rgpt.model.image import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    mean_colour,
+    pad_to_square,
+    square_transform,
+    to_pixel_values,
+)
 from rgpt.model.processing_rgpt import SYSTEM, region_masks
 
-from conftest import REPO
+from conftest import REPO, embedded
 
-TINY_CLIP = ClipParams(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, text_hidden_size=64,
+TINY_CLIP = embedded("base_models.clip", image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, text_hidden_size=64,
                        text_layers=1, projection_dim=16, epochs=1, batch_size=8, learning_rate=3e-3)
-TINY_LLM = LlmParams(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, max_length=32, epochs=1,
+TINY_LLM = embedded("base_models.llm", hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128, max_length=32, epochs=1,
                      batch_size=4, learning_rate=1e-2, rec_list_steps=6, rec_list_target=0.9, rec_template_steps=2,
-                     rec_first_batch_size=4, rec_drills=8)
+                     rec_first_batch_size=4, rec_first_warmup=0, rec_drills=8)
 
 
 def unnormalise(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -53,7 +99,7 @@ SAMPLES = [sample(f"img{i}.jpg", "<image>\nWhat is in <region>?", f"{colour} {sh
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    return base.train_tokenizer(base.corpus_texts(SAMPLES, load_templates()), vocab_size=600, max_length=64)
+    return train_tokenizer(corpus_texts(SAMPLES, load_templates()), vocab_size=600, max_length=64)
 
 
 # ---------------------------------------------------------------------------------- image.py
@@ -98,7 +144,7 @@ def test_placeholders_are_single_special_tokens_and_text_round_trips(tokenizer):
     assert tokenizer.convert_tokens_to_ids(["<pad>", "<unk>", "<s>", "</s>", "<image>", "<region>"]) == list(range(6))
     ids = tokenizer("<image>\nWhat is <region>?<region>").input_ids
     assert ids[0] == tokenizer.bos_token_id and ids[1] == 4 and ids.count(5) == 2
-    for text in base.corpus_texts(SAMPLES, load_templates()):
+    for text in corpus_texts(SAMPLES, load_templates()):
         assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
     odd = "  two spaces,\ttab\nnewline\r\n<region> é ß 中"  # never seen: byte-level still round-trips it
     assert tokenizer.decode(tokenizer(odd, add_special_tokens=False).input_ids) == odd
@@ -106,19 +152,19 @@ def test_placeholders_are_single_special_tokens_and_text_round_trips(tokenizer):
 
 def test_category_names_are_a_token_per_word(tokenizer):
     assert tokenizer.tokenize(" red circle") == ["Ġred", "Ġcircle"]  # as answers follow "ASSISTANT:"
-    clip = base.clip_text_tokenizer(tokenizer)
+    clip = clip_text_tokenizer(tokenizer)
     assert clip.convert_ids_to_tokens(clip("blue star").input_ids) == ["<s>", "Ġblue", "Ġstar", "</s>"]
 
 
 def test_tokenizer_is_deterministic_and_its_vocabulary_capped(tokenizer):
-    again = base.train_tokenizer(base.corpus_texts(SAMPLES, load_templates()), vocab_size=600, max_length=64)
+    again = train_tokenizer(corpus_texts(SAMPLES, load_templates()), vocab_size=600, max_length=64)
     assert len(tokenizer) == 600
     assert again.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
 
 
 def test_saved_tokenizers_reload_with_their_templates(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "llm")
-    base.clip_text_tokenizer(tokenizer).save_pretrained(tmp_path / "clip")
+    clip_text_tokenizer(tokenizer).save_pretrained(tmp_path / "clip")
     llm, clip = AutoTokenizer.from_pretrained(tmp_path / "llm"), AutoTokenizer.from_pretrained(tmp_path / "clip")
     words = tokenizer(" red circle", add_special_tokens=False).input_ids
     assert llm(" red circle").input_ids == [2, *words]
@@ -128,10 +174,10 @@ def test_saved_tokenizers_reload_with_their_templates(tokenizer, tmp_path):
 
 
 def test_render_conversation_is_the_processors_vicuna_template():
-    text = base.render_conversation(sample("a.jpg", "<image>\nq1", "a1", "q2", "a2"))
+    text = render_conversation(sample("a.jpg", "<image>\nq1", "a1", "q2", "a2"))
     assert text == f"{SYSTEM} USER: <image>\nq1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>"
     with pytest.raises(ValueError, match="alternate human, gpt"):
-        base.render_conversation(sample("a.jpg", "q1", "a1", "q2"))
+        render_conversation(sample("a.jpg", "q1", "a1", "q2"))
 
 
 # ---------------------------------------------------------------------------------------- CLIP
@@ -146,18 +192,18 @@ def test_region_texts_name_regions_by_category_or_phrases_and_skip_crowds():
     coco = record("coco", [Region([1, 2, 3, 4], category="red circle"),
                            Region([0, 0, 9, 9], category="person", iscrowd=True)])
     vg = record("vg", [Region([5, 5, 5, 5], phrases=[" a star ", "star", ""]), Region([1, 1, 2, 2], phrases=[" "])])
-    assert [texts for _, texts in base.region_texts(lvis)] == [["bat (animal)"]]
-    assert [(r.box, texts) for r, texts in base.region_texts(coco)] == [([1, 2, 3, 4], ["red circle"])]
-    assert [texts for _, texts in base.region_texts(vg)] == [["a star", "star"]]
+    assert [texts for _, texts in region_texts(lvis)] == [["bat (animal)"]]
+    assert [(r.box, texts) for r, texts in region_texts(coco)] == [([1, 2, 3, 4], ["red circle"])]
+    assert [texts for _, texts in region_texts(vg)] == [["a star", "star"]]
 
 
 def test_region_images_hold_every_named_region_on_the_square_canvas(corpus):
     split = formats.read_split(corpus, "coco", "val")
-    examples = base.region_images([split], corpus, size=32)
-    named = [r for r in split.records if base.region_texts(r)]
+    examples = region_images([split], corpus, size=32)
+    named = [r for r in split.records if region_texts(r)]
     assert len(examples) == len(named)
     first, record = examples[0], named[0]
-    assert first.masks.shape == (len(base.region_texts(record)), 32, 32) and first.image.size == (record.width,
+    assert first.masks.shape == (len(region_texts(record)), 32, 32) and first.image.size == (record.width,
                                                                                                    record.height)
     assert first.masks.amax(dim=(1, 2)).gt(0).all()  # every region is somewhere on the canvas
 
@@ -167,20 +213,20 @@ def test_category_names_are_the_distinct_names_of_categorised_regions():
               DatasetSplit("coco", "train", [record("coco", [Region([1, 2, 3, 4], category="red circle"),
                                                              Region([1, 2, 3, 4], category="blue star")])]),
               DatasetSplit("vg", "train", [record("vg", [Region([5, 5, 5, 5], phrases=["a star"])])])]
-    assert base.category_names(splits) == ["blue star", "red circle"]
+    assert category_names(splits) == ["blue star", "red circle"]
 
 
 def test_contrastive_loss_is_clips_loss_when_texts_differ_and_shares_duplicates(tokenizer):
-    text_tokenizer = base.clip_text_tokenizer(tokenizer)
-    model = CLIPModel(base.clip_config(TINY_CLIP, text_tokenizer))
+    text_tokenizer = clip_text_tokenizer(tokenizer)
+    model = CLIPModel(clip_config(TINY_CLIP, text_tokenizer))
     images, texts = colour_pairs(1)  # four images, four distinct texts
     out = model(**text_tokenizer(texts, padding=True, return_tensors="pt"), return_loss=True,
                 pixel_values=to_pixel_values(images, TINY_CLIP.image_size))
-    assert torch.allclose(base.contrastive_loss(out.logits_per_image, torch.arange(4)), out.loss, atol=1e-6)
+    assert torch.allclose(contrastive_loss(out.logits_per_image, torch.arange(4)), out.loss, atol=1e-6)
     # two images, one text: the image side is certain (loss 0), the text side is split evenly (log 2)
-    assert base.contrastive_loss(torch.zeros(2, 1), torch.tensor([0, 0])).item() == pytest.approx(np.log(2) / 2)
+    assert contrastive_loss(torch.zeros(2, 1), torch.tensor([0, 0])).item() == pytest.approx(np.log(2) / 2)
     # one image, two texts: the unmatched text is a negative for the image (log 2), no target itself
-    assert base.contrastive_loss(torch.zeros(1, 2), torch.tensor([0])).item() == pytest.approx(np.log(2) / 2)
+    assert contrastive_loss(torch.zeros(1, 2), torch.tensor([0])).item() == pytest.approx(np.log(2) / 2)
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (250, 250, 250)}
@@ -197,7 +243,7 @@ def colour_pairs(per_colour: int = 6) -> tuple[list[Image.Image], list[str]]:
     return images, texts
 
 
-def two_colour_images(count: int) -> list[base.RegionImage]:
+def two_colour_images(count: int) -> list[RegionImage]:
     """Images whose left and right halves have two different colours: two regions each, named by colour."""
     names, examples = list(COLOURS), []
     for k in range(count):
@@ -207,34 +253,35 @@ def two_colour_images(count: int) -> list[base.RegionImage]:
         image = Image.new("RGB", (32, 32), COLOURS[left])
         ImageDraw.Draw(image).rectangle([16, 0, 31, 31], fill=COLOURS[right])
         masks = region_masks([{"box": [0, 0, 16, 32]}, {"box": [16, 0, 16, 32]}], 32, 32, TINY_CLIP.image_size)
-        examples.append(base.RegionImage(image, masks, [[f"{left} square"], [f"{right} square"]]))
+        examples.append(RegionImage(image, masks, [[f"{left} square"], [f"{right} square"]]))
     return examples
 
 
 def test_clip_learns_the_colours_of_regions_and_reloads_identically(tokenizer, tmp_path):
-    text_tokenizer = base.clip_text_tokenizer(tokenizer)
+    text_tokenizer = clip_text_tokenizer(tokenizer)
     examples = two_colour_images(24)
-    model, figures = base.train_clip(examples, text_tokenizer, TINY_CLIP.model_copy(update={"epochs": 25}),
+    model, figures = train_clip(examples, text_tokenizer, TINY_CLIP.model_copy(update={"epochs": 25}),
                                      seed=0, progress=False)
     assert figures["steps"] == 75 and figures["images"] == 24 and figures["regions"] == 48
     assert figures["distinct_texts"] == 4 and figures["last_epoch_loss"] < figures["first_loss"] / 2
     names = sorted(f"{c} square" for c in COLOURS)
-    assert base.zero_shot_accuracy(model, text_tokenizer, examples, names) == 1.0
+    assert zero_shot_accuracy(model, text_tokenizer, examples, names) == 1.0
 
     model.save_pretrained(tmp_path)
     text_tokenizer.save_pretrained(tmp_path)
     loaded, loaded_tokenizer = CLIPModel.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
-    assert base.zero_shot_accuracy(loaded, loaded_tokenizer, examples, names) == 1.0
+    assert zero_shot_accuracy(loaded, loaded_tokenizer, examples, names) == 1.0
     with torch.no_grad():
-        assert torch.equal(base.region_features(loaded, examples[:3], -1), base.region_features(model, examples[:3], -1))
+        images, masks = [e.image for e in examples[:3]], [e.masks for e in examples[:3]]
+        assert torch.equal(region_features(loaded, images, masks, -1), region_features(model, images, masks, -1))
 
 
 def test_clip_training_is_deterministic(tokenizer):
-    text_tokenizer = base.clip_text_tokenizer(tokenizer)
+    text_tokenizer = clip_text_tokenizer(tokenizer)
     examples = two_colour_images(8)
-    runs = [base.train_clip(examples, text_tokenizer, TINY_CLIP, seed=3, progress=False)[1] for _ in range(2)]
+    runs = [train_clip(examples, text_tokenizer, TINY_CLIP, seed=3, progress=False)[1] for _ in range(2)]
     assert runs[0] == runs[1]
-    other = base.train_clip(examples, text_tokenizer, TINY_CLIP, seed=4, progress=False)[1]
+    other = train_clip(examples, text_tokenizer, TINY_CLIP, seed=4, progress=False)[1]
     assert other["first_loss"] != runs[0]["first_loss"]
 
 
@@ -242,8 +289,8 @@ def test_clip_training_is_deterministic(tokenizer):
 
 
 def test_pack_cuts_the_token_stream_into_blocks_and_names_each_region_slot(tokenizer):
-    stream = [i for ids in tokenizer([base.render_conversation(s) for s in SAMPLES]).input_ids for i in ids]
-    blocks = base.pack(SAMPLES, tokenizer, 32)
+    stream = [i for ids in tokenizer([render_conversation(s) for s in SAMPLES]).input_ids for i in ids]
+    blocks = pack(SAMPLES, tokenizer, 32)
     assert blocks.ids.shape == blocks.slots.shape == (len(stream) // 32, 32)
     assert blocks.ids.flatten().tolist() == stream[:blocks.ids.numel()]
     region = tokenizer.convert_tokens_to_ids("<region>")
@@ -253,16 +300,16 @@ def test_pack_cuts_the_token_stream_into_blocks_and_names_each_region_slot(token
              for row in blocks.slots[blocks.slots >= 0].tolist()]
     assert named == [r["name"] for s in SAMPLES for r in s["regions"]][:len(named)] and len(named) > 20
     with pytest.raises(ValueError, match="fewer than one block of 10000"):
-        base.pack(SAMPLES, tokenizer, 10_000)
+        pack(SAMPLES, tokenizer, 10_000)
     with pytest.raises(ValueError, match="conversation img0.jpg#0: 2 <region> tokens for 1 regions"):
-        base.pack([{**SAMPLES[0], "regions": SAMPLES[0]["regions"][:1]}], tokenizer, 32)
+        pack([{**SAMPLES[0], "regions": SAMPLES[0]["regions"][:1]}], tokenizer, 32)
 
 
 def test_pack_expands_each_image_token_into_as_many_as_rgpt_puts_there(tokenizer):
     image = tokenizer.convert_tokens_to_ids("<image>")
-    stream = [j for ids in tokenizer([base.render_conversation(s) for s in SAMPLES]).input_ids
+    stream = [j for ids in tokenizer([render_conversation(s) for s in SAMPLES]).input_ids
               for i in ids for j in ([i] * 5 if i == image else [i])]
-    one, five = base.pack(SAMPLES, tokenizer, 32), base.pack(SAMPLES, tokenizer, 32, image_tokens=5)
+    one, five = pack(SAMPLES, tokenizer, 32), pack(SAMPLES, tokenizer, 32, num_image_tokens=5)
     assert five.ids.flatten().tolist() == stream[:five.ids.numel()]
     assert (five.ids == image).sum() > 4 * (one.ids == image).sum() > 0
     # the same regions in the same slots, only further on
@@ -272,27 +319,27 @@ def test_pack_expands_each_image_token_into_as_many_as_rgpt_puts_there(tokenizer
 def test_the_llm_trains_with_as_many_image_tokens_as_rgpts_config_gives():
     params = load_params(REPO / "params.yaml")
     h, w = params.model.image_tokens
-    assert base.rgpt_image_tokens(params) == h * w
+    assert num_image_tokens(params) == h * w
     tower_grid = params.model_copy(update={"model": params.model.model_copy(update={"image_tokens": None}),
                                            "base_models": params.base_models.model_copy(update={
                                                "clip": TINY_CLIP})})
-    assert base.rgpt_image_tokens(tower_grid) == (TINY_CLIP.image_size // TINY_CLIP.patch_size) ** 2 == 4
+    assert num_image_tokens(tower_grid) == (TINY_CLIP.image_size // TINY_CLIP.patch_size) ** 2 == 4
 
 
 def test_with_image_puts_one_image_token_in_front_of_the_first_question():
     drill = sample(None, "Which is it? <region>", "Region [1].", "And now? <region>", "Region [1].",
                    names=("a", "b"))
-    image = base.with_image(drill)
+    image = with_image(drill)
     assert image["conversations"][0]["value"] == "<image>\nWhich is it? <region>"
     assert image["conversations"][1:] == drill["conversations"][1:] and image["regions"] == drill["regions"]
-    assert base.with_image(image) == image and base.with_image(SAMPLES[0]) == SAMPLES[0]
+    assert with_image(image) == image and with_image(SAMPLES[0]) == SAMPLES[0]
 
 
 def test_slot_embeddings_put_the_mean_of_the_names_token_embeddings_in_each_named_slot(tokenizer):
     unnamed = sample("a.jpg", "<image>\n<region> and <region>?", "a", names=("red circle", None))
-    blocks = base.pack([SAMPLES[0], unnamed] * 4, tokenizer, 16)
+    blocks = pack([SAMPLES[0], unnamed] * 4, tokenizer, 16)
     embed = torch.nn.Embedding(len(tokenizer), 8)
-    filled, plain = base.slot_embeddings(embed, blocks), base.slot_embeddings(embed, blocks, fill=False)
+    filled, plain = slot_embeddings(embed, blocks), slot_embeddings(embed, blocks, fill=False)
     assert torch.equal(plain, embed(blocks.ids))
     n, t = (blocks.slots >= 0).nonzero()[0]
     name = tokenizer(" " + SAMPLES[0]["regions"][0]["name"], add_special_tokens=False).input_ids
@@ -303,39 +350,39 @@ def test_slot_embeddings_put_the_mean_of_the_names_token_embeddings_in_each_name
 
 
 def test_llm_learns_reloads_identically_and_is_deterministic(tokenizer, tmp_path):
-    blocks = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length)
+    blocks = pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length)
     params = TINY_LLM.model_copy(update={"epochs": 4})
-    model, figures = base.train_llm(blocks, tokenizer, params, seed=0, progress=False)
+    model, figures = train_llm(blocks, tokenizer, params, seed=0, progress=False)
     assert figures["last_epoch_loss"] < figures["first_loss"] / 2
-    untrained = LlamaForCausalLM(base.llm_config(params, tokenizer))
-    assert base.perplexity(model, blocks) < base.perplexity(untrained, blocks) / 4
+    untrained = LlamaForCausalLM(llm_config(params, tokenizer))
+    assert perplexity(model, blocks) < perplexity(untrained, blocks) / 4
     assert model.config.head_dim == 64 and model.config.vocab_size == len(tokenizer)
 
     model.save_pretrained(tmp_path)
     with torch.no_grad():
         assert torch.equal(LlamaForCausalLM.from_pretrained(tmp_path)(blocks.ids[:2]).logits,
                            model(blocks.ids[:2]).logits)
-    again = base.train_llm(blocks, tokenizer, params, seed=0, progress=False)[1]
+    again = train_llm(blocks, tokenizer, params, seed=0, progress=False)[1]
     assert again == figures
 
 
 def drawn(tokenizer, drawn_counts: list[int]):
     """A phase's drawer: `count` rows of the test samples' conversations, recording each count."""
-    def draw(count: int) -> base.Blocks:
+    def draw(count: int) -> Blocks:
         drawn_counts.append(count)
         chosen = [SAMPLES[k % len(SAMPLES)] for k in range(len(drawn_counts), len(drawn_counts) + count)]
-        return base.rows([(ids, [r.get("name") for r in sample["regions"]])
-                          for sample, ids in zip(chosen, base.conversation_ids(chosen, tokenizer))], tokenizer)
+        return rows([(ids, [r.get("name") for r in sample["regions"]])
+                          for sample, ids in zip(chosen, conversation_ids(chosen, tokenizer))], tokenizer)
     return draw
 
 
 def test_llm_trains_on_its_drill_phases_in_turn_then_the_epochs_and_checks_itself_on_the_way(tokenizer):
-    blocks = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length)
+    blocks = pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length)
     modes, lists, templates = [], [], []
     check = lambda model: modes.append(model.training) or len(modes) / 10  # noqa: E731
-    phases = [base.DrillPhase("list", drawn(tokenizer, lists), 6),
-              base.DrillPhase("template", drawn(tokenizer, templates), 2)]
-    _, figures = base.train_llm(blocks, tokenizer, TINY_LLM.model_copy(update={"epochs": 2}), seed=0, phases=phases,
+    phases = [DrillPhase("list", drawn(tokenizer, lists), 6),
+              DrillPhase("template", drawn(tokenizer, templates), 2)]
+    _, figures = train_llm(blocks, tokenizer, TINY_LLM.model_copy(update={"epochs": 2}), seed=0, phases=phases,
                                 check=check, check_every=5, progress=False)
     assert lists == [4] * 6 and templates == [4] * 2  # rec_first_batch_size rows a step
     epoch_steps = math.ceil(len(blocks) / 4)
@@ -345,22 +392,22 @@ def test_llm_trains_on_its_drill_phases_in_turn_then_the_epochs_and_checks_itsel
     expected = [*range(5, steps + 1, 5)] + ([steps] if steps % 5 else [])
     assert figures["check_curve"] == [[step, (i + 1) / 10] for i, step in enumerate(expected)]
     assert modes == [False] * len(expected)  # checked in eval mode, trained in train mode
-    assert base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, progress=False)[1].keys().isdisjoint(
+    assert train_llm(blocks, tokenizer, TINY_LLM, seed=0, progress=False)[1].keys().isdisjoint(
         {"list_steps", "check_curve"})
 
 
 def test_llm_leaves_a_drill_phase_once_its_check_reaches_the_target(tokenizer):
-    blocks = base.pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length)
+    blocks = pack(SAMPLES * 4, tokenizer, TINY_LLM.max_length)
     epoch_steps = math.ceil(len(blocks) / 4)
     figures = [0.0, 0.4, 0.8, 0.9]  # the check's figure at steps 3, 6, 9, 12 of the phase
-    reached_phase = base.DrillPhase("list", drawn(tokenizer, []), 20, lambda _: figures.pop(0), 0.8)
-    _, reached = base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, phases=[reached_phase], check_every=3,
+    reached_phase = DrillPhase("list", drawn(tokenizer, []), 20, lambda _: figures.pop(0), 0.8)
+    _, reached = train_llm(blocks, tokenizer, TINY_LLM, seed=0, phases=[reached_phase], check_every=3,
                                 progress=False)
     assert reached["list_steps"] == 9 and reached["steps"] == 9 + epoch_steps
     assert reached["list_curve"] == [[3, 0.0], [6, 0.4], [9, 0.8]] and reached["list_reached_target"]
     # a target never reached: every step of the phase, then the epochs
-    missed_phase = base.DrillPhase("list", drawn(tokenizer, []), 10, lambda _: 0.5, 0.8)
-    _, missed = base.train_llm(blocks, tokenizer, TINY_LLM, seed=0, phases=[missed_phase], check_every=3,
+    missed_phase = DrillPhase("list", drawn(tokenizer, []), 10, lambda _: 0.5, 0.8)
+    _, missed = train_llm(blocks, tokenizer, TINY_LLM, seed=0, phases=[missed_phase], check_every=3,
                                progress=False)
     assert missed["list_steps"] == 10 and missed["steps"] == 10 + epoch_steps
     assert not missed["list_reached_target"] and len(missed["list_curve"]) == 3
@@ -368,19 +415,19 @@ def test_llm_leaves_a_drill_phase_once_its_check_reaches_the_target(tokenizer):
 
 def test_llm_learns_to_read_what_a_region_slot_holds(tokenizer):
     # each answer is one of 36 names: predictable only from the slot before it
-    blocks = base.pack(SAMPLES * 8, tokenizer, TINY_LLM.max_length)
-    model, _ = base.train_llm(blocks, tokenizer, TINY_LLM.model_copy(update={"epochs": 6}), seed=0, progress=False)
+    blocks = pack(SAMPLES * 8, tokenizer, TINY_LLM.max_length)
+    model, _ = train_llm(blocks, tokenizer, TINY_LLM.model_copy(update={"epochs": 6}), seed=0, progress=False)
     # in nats per token: the names in the slots take away most of what is left to predict (measured:
     # 0.02 against 0.40 with bare slots; the perplexity ratio, 1.45, is too near 1 to test across machines)
-    named, bare = (math.log(base.perplexity(model, blocks, fill=fill)) for fill in (True, False))
+    named, bare = (math.log(perplexity(model, blocks, fill=fill)) for fill in (True, False))
     assert named < bare / 4
 
 
 def test_heldout_images_are_a_seeded_share_of_whole_images():
     samples = [sample(f"img{i}.jpg", "q", "a") for i in range(40) for _ in range(2)]
-    held = base.heldout_images(samples, 0.1, seed=0)
-    assert len(held) == 4 and held == base.heldout_images(samples[::-1], 0.1, seed=0)
-    assert held != base.heldout_images(samples, 0.1, seed=1)
+    held = heldout_images(samples, 0.1, seed=0)
+    assert len(held) == 4 and held == heldout_images(samples[::-1], 0.1, seed=0)
+    assert held != heldout_images(samples, 0.1, seed=1)
 
 
 # ------------------------------------------------------------------------------ layout, hub
@@ -417,10 +464,10 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
     out = tmp_path / "base_models"
     captions = tmp_path / "captions.jsonl"  # what recap writes; its words go into the CLIP's tokenizer
     captions.write_text(json.dumps({"caption": "Its outline is one smooth curve."}) + "\n")
-    clip_manifest = base.build_base_clip(tiny_params(corpus), out / "clip", validated=stage_inputs / "validate",
+    clip_manifest = build_base_clip(tiny_params(corpus), out / "clip", validated=stage_inputs / "validate",
                                          captions=captions, progress=False)
     clip_files = {p.name: p.read_bytes() for p in (out / "clip").iterdir()}
-    manifest = base.build_base_models(tiny_params(corpus), out, conversations=stage_inputs / "conversations",
+    manifest = build_base_models(tiny_params(corpus), out, conversations=stage_inputs / "conversations",
                                       progress=False)
     assert json.loads((out / "base_models.json").read_text()) == manifest
     assert json.loads((out / "clip" / "base_clip.json").read_text()) == clip_manifest
@@ -447,14 +494,14 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
     assert clip_manifest["clip"]["zero_shot_regions"] == sum(len(r.regions) for r in val.records)
     assert 0 <= clip_manifest["clip"]["zero_shot_accuracy"] <= 1
     assert manifest["llm"]["heldout_conversations"] > 0 and manifest["llm"]["heldout_perplexity"] > 1
-    assert manifest["llm"]["image_tokens"] == base.rgpt_image_tokens(tiny_params(corpus)) == 64
+    assert manifest["llm"]["image_tokens"] == num_image_tokens(tiny_params(corpus)) == 64
     # REC with named slots, on the held-out RefCOCOg questions and on fresh drills among 2..6 proposals
     assert manifest["llm"]["rec_drills"] == 8
     assert manifest["llm"]["list_steps"] == 6 and manifest["llm"]["template_steps"] == 2
     assert manifest["llm"]["check_curve"][-1][0] == manifest["llm"]["steps"]
     # too few steps for a check every 250: every step of the lists' phase, the target not reached
     assert manifest["llm"]["list_target"] == 0.9 and manifest["llm"]["list_reached_target"] is False
-    assert manifest["llm"]["drill_rec_questions"] == base.REC_HELDOUT_DRILLS
+    assert manifest["llm"]["drill_rec_questions"] == REC_HELDOUT_DRILLS
     assert manifest["llm"]["heldout_rec_questions"] > 0
     for name in ("heldout", "drill"):
         assert 1 / 6 <= manifest["llm"][f"{name}_rec_chance"] <= 1 / 2
@@ -463,8 +510,8 @@ def test_trained_base_models_layout_and_manifest(corpus, stage_inputs, tmp_path)
 
 def test_the_clips_tokenizer_keeps_the_words_of_the_descriptions_it_will_score_whole():
     names = ["red circle", "blue square", "green star"] * 3
-    alone = base.clip_tokenizer(names, [], vocab_size=600)  # room for every word of both
-    with_captions = base.clip_tokenizer(names, ["Its outline is smooth.", "The outline is clean."] * 3, vocab_size=600)
+    alone = clip_tokenizer(names, [], vocab_size=600)  # room for every word of both
+    with_captions = clip_tokenizer(names, ["Its outline is smooth.", "The outline is clean."] * 3, vocab_size=600)
     assert alone.tokenize("red circle") == with_captions.tokenize("red circle") == ["Ġred", "Ġcircle"]
     assert with_captions.tokenize("outline") == ["Ġoutline"]  # a word of its own, not pieces of names
     assert len(alone.tokenize("outline")) > 2
@@ -475,9 +522,9 @@ def test_the_stages_refuse_to_replace_a_folder_they_did_not_write(corpus, tmp_pa
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="no base_models.json"):
-        base.build_base_models(tiny_params(corpus), tmp_path / "out", conversations=tmp_path)
+        build_base_models(tiny_params(corpus), tmp_path / "out", conversations=tmp_path)
     with pytest.raises(FileExistsError, match="no base_clip.json"):
-        base.build_base_clip(tiny_params(corpus), tmp_path / "out", validated=tmp_path)
+        build_base_clip(tiny_params(corpus), tmp_path / "out", validated=tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -510,11 +557,11 @@ def test_hub_models_are_laid_out_with_the_extended_tokenizer(corpus, local_hub, 
         shutil.copytree(local_hub / repo, dest)
         return f"commit-of-{repo}"
 
-    params = tiny_params(corpus, source="hub", hub=HubParams(vision="openai/clip", llm="lmsys/vicuna",
+    params = tiny_params(corpus, source="hub", hub=embedded("base_models.hub", vision="openai/clip", llm="lmsys/vicuna",
                                                              revision="v1").model_dump())
     out = tmp_path / "base_models"
-    clip_manifest = base.build_base_clip(params, out / "clip", validated=tmp_path, snapshot=snapshot)
-    manifest = base.build_base_models(params, out, conversations=tmp_path, snapshot=snapshot)
+    clip_manifest = build_base_clip(params, out / "clip", validated=tmp_path, snapshot=snapshot)
+    manifest = build_base_models(params, out, conversations=tmp_path, snapshot=snapshot)
     assert fetched == [("openai/clip", "v1"), ("lmsys/vicuna", "v1")]
     assert clip_manifest["hub"] == {"repo": "openai/clip", "revision": "v1", "commit": "commit-of-openai/clip"}
     assert manifest["hub"] == {"llm": {"repo": "lmsys/vicuna", "revision": "v1", "commit": "commit-of-lmsys/vicuna"}}

@@ -13,21 +13,25 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from transformers import CLIPModel
 
-from rgpt.config import ClipParams, StandinParams, ThresholdParams, load_params, resolve
+from rgpt.base_models.clip import build_base_clip
+from rgpt.clip_features import region_features, text_features
+from rgpt.config import ThresholdParams, load_params, resolve
 from rgpt.data.conversations import load_recapd, recapd_index
 from rgpt.data.formats import read_split
 from rgpt.data.records import DatasetSplit, read_jsonl
-from rgpt.model import base
+from rgpt.embedded.clip import RegionImage, clip_config, train_clip
+from rgpt.embedded.tokenizer import CLIP_TEXT_LENGTH, clip_text_tokenizer, train_tokenizer
 from rgpt.model.image import to_pixel_values
 from rgpt.model.processing_rgpt import region_masks
+from rgpt.paths import BASE_CLIP
 from rgpt.recap import clip_filter as cf
 from rgpt.recap.images import crop_region
 
-from conftest import REPO
+from conftest import REPO, embedded
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (245, 245, 245)}
 NAMES = [f"{c} square" for c in COLOURS]
-TINY = ClipParams(vocab_size=400, image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2,
+TINY = embedded("base_models.clip", vocab_size=400, image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2,
                   text_hidden_size=32, text_layers=1, projection_dim=16, epochs=1, batch_size=8, learning_rate=3e-3)
 
 
@@ -35,13 +39,13 @@ TINY = ClipParams(vocab_size=400, image_size=32, patch_size=8, hidden_size=32, n
 def text_tokenizer():
     """A CLIP tokenizer as base_clip makes one: a byte-level BPE on the names, a space in front."""
     texts = [f" a {name}" for name in NAMES] * 5 + [" the square is small", " it sits on the left"]
-    return base.clip_text_tokenizer(base.train_tokenizer(texts, TINY.vocab_size, base.CLIP_TEXT_LENGTH))
+    return clip_text_tokenizer(train_tokenizer(texts, TINY.vocab_size, CLIP_TEXT_LENGTH))
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(text_tokenizer) -> CLIPModel:
     torch.manual_seed(0)
-    return CLIPModel(base.clip_config(TINY, text_tokenizer)).eval()
+    return CLIPModel(clip_config(TINY, text_tokenizer)).eval()
 
 
 def two_colour_image(left: str, right: str) -> Image.Image:
@@ -87,9 +91,8 @@ def test_every_chunk_of_a_long_caption_is_scored_against_its_region(tiny_clip, t
     assert len(chunks) == 5 and index.tolist() == [0] * 5
     # the same numbers computed by hand: each chunk's text embedding against the region's pooled one
     with torch.no_grad():
-        region = base.region_features(tiny_clip, [base.RegionImage(image, region_masks([{"box": box}], 32, 32, 32),
-                                                                   [[]])], -1)
-        text = base.text_features(tiny_clip, text_tokenizer, chunks)
+        region = region_features(tiny_clip, [image], [region_masks([{"box": box}], 32, 32, 32)], -1)
+        text = text_features(tiny_clip, text_tokenizer, chunks)
     expected = (F.normalize(text, dim=-1) @ F.normalize(region, dim=-1).T)[:, 0]  # (5,)
     torch.testing.assert_close(scores, expected)
     assert float(cf.aggregate(scores, index, 1, "mean")) == pytest.approx(float(expected.mean()))
@@ -197,9 +200,9 @@ def test_the_filter_scores_the_named_colour_above_a_wrong_one(text_tokenizer):
     sentence names the region's colour outscores one that names another colour, for every region.
     (Its text tower knows only the words it was trained on, as the embedded CLIP knows names and
     phrases: opening with an unseen "A" instead of "a" already costs it 2 of the 24 regions.)"""
-    examples = [base.RegionImage(two_colour_image(a, b), region_masks([{"box": LEFT}, {"box": RIGHT}], 32, 32, 32),
+    examples = [RegionImage(two_colour_image(a, b), region_masks([{"box": LEFT}, {"box": RIGHT}], 32, 32, 32),
                                  [[f"a {a} square"], [f"a {b} square"]]) for a, b in PAIRS * 2]
-    model, _ = base.train_clip(examples, text_tokenizer, TINY.model_copy(update={"epochs": 25}), seed=0,
+    model, _ = train_clip(examples, text_tokenizer, TINY.model_copy(update={"epochs": 25}), seed=0,
                                progress=False)
     scorer = cf.ClipScorer(model, text_tokenizer, region_input="mask")
     images, boxes, texts, truthful = [], [], [], []
@@ -220,7 +223,7 @@ def test_the_filter_scores_the_named_colour_above_a_wrong_one(text_tokenizer):
 # ------------------------------------------------------------------------------- the stage
 
 
-QUIET = StandinParams(corrupt_share=0.3, error_share=0.0, slow_share=0.0)
+QUIET = embedded("recap.standin", corrupt_share=0.3, error_share=0.0, slow_share=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +244,7 @@ def stage_dir(corpus, tmp_path_factory):
         params = stage_params(corpus)
         stages.run_recap(params.model_copy(update={"recap": params.recap.model_copy(
             update={"shards": 2, "standin": QUIET})}), progress=False)
-        base.build_base_clip(params, cf.CLIP, validated=root / "outputs/validate", captions=stages.CAPTIONS,
+        build_base_clip(params, BASE_CLIP, validated=root / "outputs/validate", captions=stages.CAPTIONS,
                              progress=False)
     return root
 
@@ -325,7 +328,7 @@ def test_the_stage_keeps_the_captions_at_or_above_the_cutoff_and_measures_itself
 def load_tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(cf.CLIP)
+    return AutoTokenizer.from_pretrained(BASE_CLIP)
 
 
 def test_an_absolute_threshold_and_crops_run_too(stage_dir, corpus, monkeypatch):

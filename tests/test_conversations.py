@@ -6,14 +6,24 @@ import re
 import pytest
 
 from rgpt.config import ConversationsParams
-from rgpt.data.conversations import (build, build_finetune, build_pretrain, conversation_stats, load_recapd,
-                                     read_conversations, region_list, write_conversations)
+from rgpt.data.conversations import (
+    build,
+    build_finetune,
+    build_pretrain,
+    conversation_stats,
+    load_recapd,
+    read_conversations,
+    region_list,
+    write_conversations,
+)
 from rgpt.data.records import DatasetSplit, ImageRecord, Region, Relation
 from rgpt.data.templates import DESCRIPTION, REGION, load_templates
 
 T = load_templates()
 COCO_PROMPT = " Answer the question using COCO-80 category names."
 REC_PROMPT = " Answer the question using the template Region [x]."
+
+from conftest import embedded
 
 
 def box(i: int) -> list[float]:
@@ -58,7 +68,7 @@ def splits() -> dict[str, DatasetSplit]:
 
 
 def params(**overrides) -> ConversationsParams:
-    return ConversationsParams(**{"rec_absent_ratio": 0.0, **overrides})
+    return embedded("conversations", **{"rec_absent_ratio": 0.0, "recapd": None, **overrides})
 
 
 def turns(sample: dict) -> list[tuple[str, str, str, list[list[float]]]]:

@@ -1,4 +1,4 @@
-"""REC drills (rgpt/model/drills.py) and the base LLM's REC score (base.rec_accuracy)."""
+"""REC drills (rgpt/embedded/drills.py) and the base LLM's REC score (rec_accuracy)."""
 
 import random
 import re
@@ -8,9 +8,13 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from rgpt.config import LlmParams
 from rgpt.data.templates import load_templates
-from rgpt.model import base, drills
+from rgpt.embedded import drills
+from rgpt.embedded.llm import llm_config, lm_loss, pack, rows, with_image
+from rgpt.embedded.rec import rec_accuracy, rec_choices, rec_list_accuracy, rec_list_choices, rec_list_rows, summed_loss
+from rgpt.embedded.tokenizer import render_conversation, train_tokenizer
+
+from conftest import embedded
 
 T = load_templates()
 NAMES = [f"{colour} {shape}" for colour in ["red", "green", "blue", "white"] for shape in ["circle", "star", "cross"]]
@@ -31,7 +35,7 @@ def test_every_drill_question_is_answered_with_the_number_of_the_slot_holding_th
             offered.append(len(names))
     assert 0.35 < offered.count(2) / len(offered) < 0.65 and max(offered) == 6  # half of them among two
     # conversations as the conversations stage writes them: they pack, a name per slot
-    blocks = base.pack(samples, base.train_tokenizer(map(base.render_conversation, samples), 600, 64), 64)
+    blocks = pack(samples, train_tokenizer(map(render_conversation, samples), 600, 64), 64)
     assert (blocks.slots >= 0).any()
 
 
@@ -73,35 +77,35 @@ def test_rec_questions_are_those_that_offer_their_target_among_several_proposals
 def test_rec_choices_and_accuracy_count_the_answer_the_llm_finds_most_likely():
     # whatever an (untrained) LLM prefers, exactly one of "Region [1]." and "Region [2]." is its choice
     samples = drills.rec_drills(NAMES, 20, 1, 2, T, seed=0)
-    tokenizer = base.train_tokenizer(map(base.render_conversation, samples), 600, 256)
-    llm = LlamaForCausalLM(base.llm_config(LlmParams(hidden_size=64, num_layers=1, num_heads=1,
+    tokenizer = train_tokenizer(map(render_conversation, samples), 600, 256)
+    llm = LlamaForCausalLM(llm_config(embedded("base_models.llm", hidden_size=64, num_layers=1, num_heads=1,
                                                       intermediate_size=128), tokenizer))
     questions = drills.rec_questions(samples, T)
     flipped = [{**q, "conversations": [q["conversations"][0], {"from": "gpt", "value": "Region [{}].".format(
         3 - int(q["conversations"][1]["value"][8]))}]} for q in questions]
-    per_question = [base.rec_accuracy(llm, tokenizer, [q], T) + base.rec_accuracy(llm, tokenizer, [f], T)
+    per_question = [rec_accuracy(llm, tokenizer, [q], T) + rec_accuracy(llm, tokenizer, [f], T)
                     for q, f in zip(questions, flipped)]
     assert per_question == [1.0] * 20
     # rec_choices names that choice: right exactly where the accuracy counts a question
-    chosen = base.rec_choices(llm, tokenizer, questions, T)
+    chosen = rec_choices(llm, tokenizer, questions, T)
     assert set(chosen) <= {1, 2}
     assert [f"Region [{k}]." == q["conversations"][1]["value"] for k, q in zip(chosen, questions)] == \
-        [base.rec_accuracy(llm, tokenizer, [q], T) == 1.0 for q in questions]
+        [rec_accuracy(llm, tokenizer, [q], T) == 1.0 for q in questions]
 
 
 def test_rec_accuracy_scores_the_answer_after_the_image_tokens():
     # an answer's summed loss is the LLM's over the whole conversation, `<image>` as n tokens
     samples = drills.rec_drills(NAMES, 5, 1, 2, T, seed=0)
-    tokenizer = base.train_tokenizer(map(base.render_conversation, samples), 600, 256)
-    llm = LlamaForCausalLM(base.llm_config(LlmParams(hidden_size=64, num_layers=1, num_heads=1,
+    tokenizer = train_tokenizer(map(render_conversation, samples), 600, 256)
+    llm = LlamaForCausalLM(llm_config(embedded("base_models.llm", hidden_size=64, num_layers=1, num_heads=1,
                                                       intermediate_size=128), tokenizer)).eval()
-    question = base.with_image({**drills.rec_questions(samples, T)[0], "regions": [{"name": None}] * 2})
-    ids = tokenizer(base.render_conversation(question)).input_ids
+    question = with_image({**drills.rec_questions(samples, T)[0], "regions": [{"name": None}] * 2})
+    ids = tokenizer(render_conversation(question)).input_ids
     image = tokenizer.convert_tokens_to_ids("<image>")
     expanded = torch.tensor([[j for i in ids for j in ([i] * 3 if i == image else [i])]])
     with torch.no_grad():
         loss = llm(input_ids=expanded, labels=expanded).loss.item() * (expanded.shape[1] - 1)
-    assert base._summed_loss(llm, tokenizer, question, 3) == pytest.approx(loss, rel=1e-5)
+    assert summed_loss(llm, tokenizer, question, 3) == pytest.approx(loss, rel=1e-5)
 
 
 def test_a_rec_list_asks_for_every_proposal_once_and_answers_with_its_slots_number():
@@ -125,8 +129,8 @@ def test_a_rec_list_asks_for_every_proposal_once_and_answers_with_its_slots_numb
 
 def tiny_llm_and_tokenizer(texts):
     torch.manual_seed(0)  # an untrained LLM whose choices vary from list to list
-    tokenizer = base.train_tokenizer(texts, 600, 256)
-    llm = LlamaForCausalLM(base.llm_config(LlmParams(hidden_size=64, num_layers=1, num_heads=1,
+    tokenizer = train_tokenizer(texts, 600, 256)
+    llm = LlamaForCausalLM(llm_config(embedded("base_models.llm", hidden_size=64, num_layers=1, num_heads=1,
                                                       intermediate_size=128), tokenizer)).eval()
     return llm, tokenizer
 
@@ -137,16 +141,16 @@ def test_rows_pad_each_sequence_to_the_longest_and_leave_the_padding_out_of_the_
     llm, tokenizer = tiny_llm_and_tokenizer([rec_list.text() for rec_list in lists])
     short = drills.RecList(("red star", "blue cross"), (1, 0))
     long = drills.RecList(tuple(NAMES[:6]), (5, 4, 3, 2, 1, 0))
-    both = base.rec_list_rows([short, long], tokenizer)
+    both = rec_list_rows([short, long], tokenizer)
     lengths = [1 + len(tokenizer(r.text(), add_special_tokens=False).input_ids) for r in (short, long)]
     assert both.mask.sum(1).tolist() == lengths and both.ids.shape[1] == max(lengths)
     assert (both.ids[0, lengths[0]:] == tokenizer.pad_token_id).all() and (both.slots[0, lengths[0]:] == -1).all()
     assert (both.slots >= 0).sum(1).tolist() == [2, 6]
-    alone_names = base.rec_list_rows([short], tokenizer).names
+    alone_names = rec_list_rows([short], tokenizer).names
     assert both.names[both.slots[0][both.slots[0] >= 0]].tolist() == alone_names.tolist()
     with torch.no_grad():
-        alone = [base.lm_loss(llm, base.rec_list_rows([r], tokenizer)).item() for r in (short, long)]
-        together = base.lm_loss(llm, both).item()
+        alone = [lm_loss(llm, rec_list_rows([r], tokenizer)).item() for r in (short, long)]
+        together = lm_loss(llm, both).item()
     predicted = [n - 1 for n in lengths]  # next-token targets per row
     assert together == pytest.approx(sum(a * p for a, p in zip(alone, predicted)) / sum(predicted), rel=1e-5)
 
@@ -162,11 +166,11 @@ def test_rec_list_accuracy_counts_the_first_answer_the_llm_finds_most_likely():
             losses = []
             for k in range(1, len(rec_list.names) + 1):
                 ids = tokenizer(rec_list.question() + f"{k}].", add_special_tokens=False).input_ids
-                row = base.rows([([tokenizer.bos_token_id, *ids], rec_list.names)], tokenizer)
-                losses.append(base.lm_loss(llm, row).item() * len(ids))
+                row = rows([([tokenizer.bos_token_id, *ids], rec_list.names)], tokenizer)
+                losses.append(lm_loss(llm, row).item() * len(ids))
             chosen.append(int(np.argmin(losses)) + 1)
     assert len(set(chosen)) > 1
     for batch_size in (256, 7):
-        assert base.rec_list_choices(llm, tokenizer, lists, batch_size) == chosen
+        assert rec_list_choices(llm, tokenizer, lists, batch_size) == chosen
     right = sum(k == rec_list.target for k, rec_list in zip(chosen, lists))
-    assert base.rec_list_accuracy(llm, tokenizer, lists) == right / len(lists)
+    assert rec_list_accuracy(llm, tokenizer, lists) == right / len(lists)

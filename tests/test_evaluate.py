@@ -12,7 +12,8 @@ import pytest
 from rgpt.config import load_params
 from rgpt.data import formats
 from rgpt.data.records import DatasetSplit, ImageRecord, Region
-from rgpt.eval import benchmarks, classification as cls, rec
+from rgpt.eval import benchmarks, rec
+from rgpt.eval import classification as cls
 from rgpt.eval.captioning import caption_scores
 from rgpt.eval.pope import is_yes, pope_metrics
 from rgpt.eval.runner import Item, read_cache, run

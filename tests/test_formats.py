@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,17 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from rgpt.data import layout, masks
-from rgpt.data.formats import FormatError, read_coco, read_llava, read_lvis, read_refcocog, read_split, read_v3det, \
-    read_v3det_category_names, read_vg
+from rgpt.data.formats import (
+    FormatError,
+    read_coco,
+    read_llava,
+    read_lvis,
+    read_refcocog,
+    read_split,
+    read_v3det,
+    read_v3det_category_names,
+    read_vg,
+)
 from rgpt.data.pope import read_pope
 
 

@@ -18,6 +18,7 @@ from rgpt.train.stages import freeze_for_stage
 
 from conftest import REPO, tiny_config
 
+
 def batch(processor, n_regions=(1, 2)):
     """Two examples: an image with one region, an image with two, each a known conversation."""
     examples = []

@@ -10,25 +10,23 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from rgpt.config import StandinParams, load_params
+from rgpt.config import load_params
 from rgpt.data.formats import read_split
-from rgpt.data.records import DatasetSplit, read_jsonl
+from rgpt.data.records import DatasetSplit, read_jsonl, resume_jsonl
 from rgpt.data.templates import load_recap_prompts, parse_recap_templates
+from rgpt.embedded.standin import CORRUPTIONS, StandinVLM
 from rgpt.recap.cache import ResponseCache
 from rgpt.recap.client import ChatClient, ClientConfig, RequestFailed, TokenBucket, user_message
-from rgpt.data.records import resume_jsonl
 from rgpt.recap.generate import Shard, ShardJob, caption_shard, draw_variant, shard_paths
 from rgpt.recap.images import png_data_url
-from rgpt.recap.standin import CORRUPTIONS, StandinVLM
 
-from conftest import REPO
+from conftest import REPO, embedded
 
-QUIET = StandinParams(corrupt_share=0.2, error_share=0.0, slow_share=0.0)  # no injected faults
+QUIET = embedded("recap.standin", corrupt_share=0.2, error_share=0.0, slow_share=0.0)  # no injected faults
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +113,7 @@ def test_captions_are_long_two_stage_and_name_the_class(corpus, v3det, tmp_path)
 
 
 def test_corruption_truth_is_deterministic_and_near_its_share(corpus, v3det, tmp_path):
-    params = StandinParams(corrupt_share=0.3)
+    params = embedded("recap.standin", corrupt_share=0.3)
     a = StandinVLM(v3det, corpus, context=0.5, params=params, seed=7)
     b = StandinVLM(v3det, corpus, context=0.5, params=params, seed=7)
     c = StandinVLM(v3det, corpus, context=0.5, params=params, seed=8)
@@ -166,7 +164,7 @@ caption_shard(Shard(0, split.records), ShardJob(Path(root), Path(work), Path(wor
 
 def test_a_killed_run_resumes_without_asking_twice_or_losing_a_region(corpus, v3det, tmp_path):
     v3det.save(tmp_path / "splits")
-    slow = StandinParams(corrupt_share=0.2, error_share=0.0, slow_share=0.0, latency_s=0.02)
+    slow = embedded("recap.standin", corrupt_share=0.2, error_share=0.0, slow_share=0.0, latency_s=0.02)
     work = tmp_path / "work"
     final, partial = shard_paths(work, 0)
     with StandinVLM(v3det, corpus, context=0.5, params=slow) as vlm:
@@ -228,7 +226,7 @@ def _ask(url: str, image: Image.Image, **client) -> tuple[object, ChatClient]:
 
 def test_retries_on_429_500_and_timeouts_then_succeeds(corpus, v3det):
     image = Image.open(corpus / v3det.records[0].file_name)
-    params = StandinParams(error_share=0.0, slow_share=0.0, retry_after_s=0.2)
+    params = embedded("recap.standin", error_share=0.0, slow_share=0.0, retry_after_s=0.2)
     with StandinVLM(v3det, corpus, context=0.5, params=params) as vlm:
         vlm.fail_next(2, 429)
         vlm.fail_next(1, 500)

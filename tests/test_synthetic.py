@@ -10,11 +10,21 @@ import pytest
 from shapely.geometry import Polygon
 
 from rgpt.data.pope import build_pope, question_text
-from rgpt.data.synthetic import write_corpus
-from rgpt.data.synthetic.scene import (COLOURS, PATTERN_WORDS, PATTERNS, SHAPES, Scene, SceneObject, _compute_visibility, accent,
-                                      draw_scene, object_mask, render)
-from rgpt.data.synthetic.corpus import ALL_CATEGORIES
-from rgpt.data.synthetic.text import referring_expressions
+from rgpt.embedded.synthetic.corpus import ALL_CATEGORIES, write_corpus
+from rgpt.embedded.synthetic.scene import (
+    COLOURS,
+    PATTERN_WORDS,
+    PATTERNS,
+    SHAPES,
+    Scene,
+    SceneObject,
+    _compute_visibility,
+    accent,
+    draw_scene,
+    object_mask,
+    render,
+)
+from rgpt.embedded.synthetic.text import referring_expressions
 
 from conftest import small_synthetic_params
 

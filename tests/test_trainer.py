@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from trainer_worker import build_model
 
 from rgpt.config import Params, resolve
 from rgpt.train.launch import launch
@@ -22,7 +23,6 @@ from rgpt.train.sampler import LengthGroupedSampler
 from rgpt.train.trainer import TrainConfig, build_optimizer, load_deepspeed_config, lr_multiplier
 
 from conftest import REPO
-from trainer_worker import build_model
 
 METRIC_KEYS = {"step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s"}
 STEPS = 12  # 96 samples / global batch 8

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rgpt.config import ValidateParams
 from rgpt.data import masks
 from rgpt.data.formats import read_split
 from rgpt.data.records import DatasetSplit, ImageRecord, Region, Relation, read_jsonl, write_jsonl
 from rgpt.data.validate import DataContractError, check_gate, validate_conversations, validate_split
 
-from conftest import small_synthetic_params
+from conftest import embedded, small_synthetic_params
 
 W, H = 40, 30  # recorded size of every image (PIL: width, height)
 COCO_FILE = "coco/annotations/instances_val2017.json"
@@ -77,7 +76,7 @@ def coco_split(data_root):
 
 @pytest.fixture(scope="module")
 def coco_report(coco_split, data_root, gx_dir):
-    return validate_split(coco_split, data_root, ValidateParams(), gx_dir)
+    return validate_split(coco_split, data_root, embedded("validate_"), gx_dir)
 
 
 def test_raw_suite_counts_each_bad_kind_exactly(coco_report):
@@ -136,7 +135,7 @@ def test_vg_negative_y_region_and_bad_relation_box_are_quarantined(data_root, gx
         record("vg", "train", 3, image(data_root, "vg/VG_100K/3.png"), [Region([0, -2, 5, 5], 6, phrases=["a dog"])]),
     ]
     report = validate_split(DatasetSplit("vg", "train", records, {}, ["vg/region_descriptions.json"]),
-                            data_root, ValidateParams(), gx_dir)
+                            data_root, embedded("validate_"), gx_dir)
 
     assert report.checked == {"regions": 4, "relations": 3, "images": 3, "captions": 0}
     assert report.bad == {"regions": 3, "relations": 1, "images": 0, "captions": 0}
@@ -156,7 +155,7 @@ def test_llava_records_need_non_blank_captions(gx_dir, data_root):
     records = [record("llava", "train", f"00000{i}", f"00000/00000{i}.jpg", captions=c)
                for i, c in enumerate([["a cat on a mat"], ["  "], []])]
     report = validate_split(DatasetSplit("llava", "train", records), data_root,
-                            ValidateParams(image_check="none"), gx_dir)
+                            embedded("validate_", image_check="none"), gx_dir)
 
     assert [r.image_id for r in report.clean.records] == ["000000"]
     assert report.counts["captions"] == {"checked": 3, "bad": 2}
@@ -168,7 +167,7 @@ def test_llava_records_need_non_blank_captions(gx_dir, data_root):
 def clean_report(coco_split, data_root, gx_dir):
     good_records = [coco_split.records[0], coco_split.records[-1]]
     return validate_split(DatasetSplit("coco", "train", good_records, {1: "person", 2: "dog"}, [COCO_FILE]),
-                          data_root, ValidateParams(), gx_dir)
+                          data_root, embedded("validate_"), gx_dir)
 
 
 def test_clean_split_passes_untouched(clean_report, coco_split):
@@ -201,7 +200,7 @@ def test_image_check_samples_a_seeded_subset(tmp_path, gx_dir):
     split = DatasetSplit("v3det", "val", [record("v3det", "val", i, f"{i}.png") for i in range(10)], {1: "Timer"})
 
     def unreadable(seed):
-        report = validate_split(split, tmp_path, ValidateParams(image_check=3, seed=seed), gx_dir)
+        report = validate_split(split, tmp_path, embedded("validate_", image_check=3, seed=seed), gx_dir)
         assert report.checked["images"] == 3 and len(report.clean.records) == 7
         return [e["image_id"] for e in report.quarantine]
 
@@ -223,7 +222,7 @@ def test_quarantine_entries_are_plain_json(coco_report, tmp_path):
 
 
 def test_synthetic_vg_loses_exactly_its_negative_coordinate_regions(corpus, gx_dir):
-    reports = [validate_split(read_split(corpus, "vg", split), corpus, ValidateParams(), gx_dir)
+    reports = [validate_split(read_split(corpus, "vg", split), corpus, embedded("validate_"), gx_dir)
                for split in ("train", "val", "test")]
     entries = [e for report in reports for e in report.quarantine]
     assert len(entries) == small_synthetic_params().vg_negative_coordinate_regions

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from rgpt.config import ConversationsParams
-from rgpt.data.records import DatasetSplit, ImageRecord, Region, read_jsonl, write_jsonl
 from rgpt.data.pope import question_text as pope_question
+from rgpt.data.records import DatasetSplit, ImageRecord, Region, read_jsonl, write_jsonl
 from rgpt.data.templates import DESCRIPTION, IMAGE, REGION, Templates
 
 log = logging.getLogger(__name__)

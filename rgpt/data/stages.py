@@ -7,70 +7,20 @@ the files worth attaching to its MLflow run.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from ..config import Params
-from ..reports import pyplot, write_csv, write_json
+from ..paths import BALANCED, CONVERSATION_QUARANTINE, CONVERSATIONS, QUARANTINE, VALIDATED, stage_reports
+from ..reports import pyplot, save_figure, write_csv, write_json
 from ..tracking import StageResult
 from . import balance, conversations, formats, validate
-from .download import fetch_all
-from .layout import SYNTHETIC_MANIFEST
 from .records import DatasetSplit, write_jsonl
 from .templates import load_templates
 
-OUTPUTS = Path("outputs")
-REPORTS = Path("reports")
-
-
-# ------------------------------------------------------------------------------------ download
-
-
-def produce_corpus(params: Params, *, progress: bool = True) -> StageResult:
-    """The raw corpus under `data.root`: the synthetic twin (embedded) or the real datasets (paper)."""
-    root = Path(params.data.root)
-    if params.data.source == "download":
-        d = params.download
-        fetched = fetch_all(d.sources, root, images=d.images, retries=d.retries, timeout_s=d.timeout_s,
-                            progress=progress)
-        return StageResult({"sources": len(fetched), "paths": sum(len(p) for p in fetched.values())})
-    return StageResult(write_synthetic_root(root, params, progress=progress))
-
-
-def write_synthetic_root(root: Path, params: Params, *, progress: bool = True) -> dict[str, int]:
-    """Write the synthetic corpus to `root`, replacing an older synthetic corpus there atomically.
-
-    A root whose manifest already records these params is left as it is (a second run is free).
-    A root that holds anything else (real downloads) is never touched.
-    """
-    from .synthetic import write_corpus
-
-    manifest = {"generator": "rgpt.data.synthetic", "params": json.loads(params.synthetic.model_dump_json())}
-    manifest_path = root / SYNTHETIC_MANIFEST
-    if manifest_path.exists():
-        existing = json.loads(manifest_path.read_text())
-        if existing["params"] == manifest["params"]:
-            return existing["counts"]
-    elif root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} holds files the synthetic generator did not write (no {SYNTHETIC_MANIFEST}); "
-                              f"move them away, or point data.root in params.yaml elsewhere")
-    staging = root.with_name(root.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    counts = write_corpus(staging, params.synthetic, progress=progress)
-    write_json(staging / SYNTHETIC_MANIFEST, {**manifest, "counts": counts})
-    if root.exists():
-        shutil.rmtree(root)
-    staging.rename(root)
-    return counts
-
-
 # ------------------------------------------------------------------------------------ validate
 
-VALIDATED = OUTPUTS / "validate"
-VALIDATE_REPORTS = REPORTS / "validate"
-QUARANTINE = VALIDATE_REPORTS / "quarantine.jsonl"
+VALIDATE_REPORTS = stage_reports("validate")
 GX_DIR = VALIDATE_REPORTS / "gx"
 
 
@@ -98,8 +48,7 @@ def finish_validation(params: Params, reports: list[validate.ValidationReport]) 
 
 # ------------------------------------------------------------------------------------- balance
 
-BALANCED = OUTPUTS / "balance"
-BALANCE_REPORTS = REPORTS / "balance"
+BALANCE_REPORTS = stage_reports("balance")
 
 
 def run_balance(params: Params) -> StageResult:
@@ -131,17 +80,12 @@ def plot_class_counts(ranked: dict[str, list[dict[str, Any]]], path: Path) -> Pa
         ax.plot([r["rank"] for r in rows], [r["after"] for r in rows], label="after")
         ax.set(title=output, xlabel="class (by frequency)", ylabel="boxes", yscale="log")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------- conversations
 
-CONVERSATIONS = OUTPUTS / "conversations"
-CONVERSATION_REPORTS = REPORTS / "conversations"
-CONVERSATION_QUARANTINE = CONVERSATION_REPORTS / "quarantine.jsonl"
+CONVERSATION_REPORTS = stage_reports("conversations")
 CONVERSATION_SPLITS = {  # the inputs: balanced outputs, and validated splits used whole
     **{name: BALANCED for name in balance.OUTPUTS},
     "refcocog_train": VALIDATED, "llava_train": VALIDATED,

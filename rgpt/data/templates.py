@@ -8,6 +8,7 @@ region count does not match their region embeddings.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -16,6 +17,8 @@ import yaml
 IMAGE = "<image>"  # replaced by the image's feature tokens
 REGION = "<region>"  # replaced by one region embedding
 DESCRIPTION = "<description>"  # REC only: replaced by the referring expression
+# How a REC answer names the k-th proposal (the task prompt's `rec_answer`: "Region [{index}].").
+REGION_ANSWER = re.compile(r"Region \[(\d+)\]")
 
 # file -> (<region> count, <description> count) that every line of it must have
 TEMPLATE_FILES = {

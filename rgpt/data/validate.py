@@ -35,6 +35,7 @@ from PIL import Image
 from ..config import ValidateParams
 from . import masks
 from .records import DatasetSplit, ImageRecord, Region
+from .templates import IMAGE, REGION
 
 # Read by great_expectations when it is imported (lazily, in `_failing_rows`: the import takes ~3 s).
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -44,8 +45,6 @@ RAW_UNITS = ("regions", "relations", "images", "captions")
 CAPTION_DATASETS = {"llava"}  # records are captions only: each needs at least one
 PHRASE_DATASETS = {"vg"}  # every region is a region description: each needs at least one phrase
 
-IMAGE_TOKEN = "<image>"
-REGION_TOKEN = "<region>"
 # Turns alternate human, gpt, ... and end with the answer (roles joined by commas).
 TURN_PATTERN = r"^human(?:,gpt,human)*,gpt$"
 
@@ -319,14 +318,14 @@ def _conversation_rules(tolerance_px: float) -> list[Rule]:
         Rule("ExpectColumnValuesToMatchRegex", {"column": "roles", "regex": TURN_PATTERN},
              "conversations", "turns do not alternate human/gpt from human to gpt", ("roles",)),
         Rule("ExpectColumnValuesToBeInSet", {"column": "first_turn_images", "value_set": [1]},
-             "conversations", f"first turn does not hold {IMAGE_TOKEN} exactly once", ("first_turn_images",)),
+             "conversations", f"first turn does not hold {IMAGE} exactly once", ("first_turn_images",)),
         Rule("ExpectColumnValuesToBeBetween", {"column": "later_turn_images", "max_value": 0},
-             "conversations", f"{IMAGE_TOKEN} after the first turn", ("later_turn_images",)),
+             "conversations", f"{IMAGE} after the first turn", ("later_turn_images",)),
         Rule("ExpectColumnPairValuesToBeEqual",
              {"column_A": "human_regions", "column_B": "regions", "ignore_row_if": "either_value_is_missing"},
-             "conversations", f"{REGION_TOKEN} count differs from len(regions)", ("human_regions", "regions")),
+             "conversations", f"{REGION} count differs from len(regions)", ("human_regions", "regions")),
         Rule("ExpectColumnValuesToBeBetween", {"column": "gpt_regions", "max_value": 0},
-             "conversations", f"{REGION_TOKEN} in a gpt turn", ("gpt_regions",)),
+             "conversations", f"{REGION} in a gpt turn", ("gpt_regions",)),
         Rule("ExpectColumnValuesToBeBetween", {"column": "blank_turns", "max_value": 0},
              "conversations", "blank turn", ("blank_turns",)),
         *_box_rules(tolerance_px),
@@ -343,10 +342,10 @@ def _conversation_frame(samples: list[dict[str, Any]]) -> pd.DataFrame:
         _add_row(
             columns, unit="samples", sample=i, id=sample["id"],
             roles=",".join(t["from"] for t in turns),
-            first_turn_images=turns[0]["value"].count(IMAGE_TOKEN) if turns else 0,
-            later_turn_images=sum(t["value"].count(IMAGE_TOKEN) for t in turns[1:]),
-            human_regions=sum(v.count(REGION_TOKEN) for v in human), regions=len(sample["regions"]),
-            gpt_regions=sum(v.count(REGION_TOKEN) for v in gpt),
+            first_turn_images=turns[0]["value"].count(IMAGE) if turns else 0,
+            later_turn_images=sum(t["value"].count(IMAGE) for t in turns[1:]),
+            human_regions=sum(v.count(REGION) for v in human), regions=len(sample["regions"]),
+            gpt_regions=sum(v.count(REGION) for v in gpt),
             blank_turns=sum(not t["value"].strip() for t in turns),
         )
         for j, region in enumerate(sample["regions"]):
@@ -464,4 +463,3 @@ def check_gate(reports: Iterable[ValidationReport[Any]], max_bad_fraction: float
             + f"\nquarantined records: {quarantine_file}\nData Docs: {', '.join(docs)}\n"
             "Fix or re-download the named files, or raise validate.max_bad_fraction if this share is expected."
         )
-

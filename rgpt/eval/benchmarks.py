@@ -169,7 +169,7 @@ def nearest_names(texts: list[str], names: list[str], clip_dir: Path) -> list[st
         return []
     from transformers import AutoTokenizer, CLIPModel
 
-    from ..model.base import text_features
+    from ..clip_features import text_features
 
     model, tokenizer = CLIPModel.from_pretrained(clip_dir).eval(), AutoTokenizer.from_pretrained(clip_dir)
     answers = F.normalize(text_features(model, tokenizer, [t or " " for t in texts]), dim=-1)

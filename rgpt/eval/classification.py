@@ -21,8 +21,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..data import masks
-from ..data.records import DatasetSplit, Region
 from ..data.conversations import region_list
+from ..data.records import DatasetSplit, Region
 from ..data.templates import REGION, Templates
 
 ARTICLES = ("a ", "an ", "the ")

@@ -17,7 +17,6 @@ prior alone loses nothing when its regions are wrong (0); one that reads them lo
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -29,12 +28,10 @@ from PIL import Image
 
 from ..data.conversations import classification_turns, rec_turns, region_name
 from ..data.records import DatasetSplit
-from ..data.templates import IMAGE, load_templates
+from ..data.templates import IMAGE, REGION_ANSWER, load_templates
 from ..model.inference import Request, answer, answer_losses
 from ..model.modeling_rgpt import RGPTForConditionalGeneration
 from ..model.processing_rgpt import RGPTProcessor
-
-REGION_ANSWER = re.compile(r"Region \[(\d+)\]")
 
 
 @dataclass
@@ -109,6 +106,21 @@ def answer_loss_pairs(model: RGPTForConditionalGeneration, processor: RGPTProces
     with regions_rotated(model):
         rotated = answer_losses(model, processor, scored, batch_size)
     return true, rotated
+
+
+def rec_forced_choices(model: RGPTForConditionalGeneration, processor: RGPTProcessor, questions: list[Question],
+                       asked: list[Request], rows: list[int]) -> list[int]:
+    """For each REC question `questions[i]`, i in `rows`, the 1-based proposal whose answer
+    "Region [k]." the model finds most likely (lowest loss); `asked`: the questions' requests."""
+    scored, owners = [], []
+    for i in rows:
+        for k in range(1, len(questions[i].regions) + 1):
+            scored.append(replace(asked[i], turns=[(questions[i].question, f"Region [{k}].")]))
+            owners.append((i, k))
+    best: dict[int, tuple[float, int]] = {}
+    for (i, k), loss in zip(owners, answer_losses(model, processor, scored)):
+        best[i] = min(best.get(i, (loss, k)), (loss, k))
+    return [best[i][1] for i in rows]
 
 
 def task_rows(questions: list[Question]) -> dict[str, list[int]]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 from typing import Sequence
 
 from ..data.records import Box
+from ..data.templates import REGION_ANSWER
 
-REGION_ANSWER = re.compile(r"Region \[(\d+)\]")
 IOU_THRESHOLD = 0.5
 
 

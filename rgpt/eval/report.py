@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..reports import pyplot
+from ..reports import pyplot, save_figure
 
 # RegionGPT's own rows of the paper's tables (x100). Table 3's accuracy is 80.61 (the text says 80.86).
 PAPER = {
@@ -68,7 +68,7 @@ def markdown(metrics: dict[str, Any], profile: str, model: str) -> str:
         for split in PAPER["pope"]:
             if split in m:
                 lines += [f"| {split} | ours | " + " | ".join(_pct(m[split][f]) for f in POPE_FIGURES) + " |",
-                          f"| | paper | " + " | ".join(f"{PAPER['pope'][split][f]:.2f}" for f in POPE_FIGURES) + " |"]
+                          "| | paper | " + " | ".join(f"{PAPER['pope'][split][f]:.2f}" for f in POPE_FIGURES) + " |"]
         lines += [""]
     return "\n".join(lines)
 
@@ -80,10 +80,7 @@ def plot_ap_per_category(ap: dict[str, float], path: Path) -> Path:
     ax.barh(names, [100 * ap[n] for n in names])
     ax.set(xlabel="AP (x100)", title="COCO val: AP per category", xlim=(0, 100))
     ax.tick_params(axis="y", labelsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_pope(pope: dict[str, Any], path: Path) -> Path:
@@ -97,7 +94,4 @@ def plot_pope(pope: dict[str, Any], path: Path) -> Path:
     ax.set_xticks([i + width * (len(splits) - 1) / 2 for i in range(len(POPE_FIGURES))], POPE_FIGURES)
     ax.set(ylim=(0, 100), ylabel="x100", title="POPE")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

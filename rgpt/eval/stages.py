@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import Params
+from ..paths import BASE_CLIP, EVALUATION, MODEL_RECORD, VALIDATED, stage_reports
 from ..reports import write_csv, write_json
 from ..tracking import StageResult, file_md5, flatten_numeric
 from .benchmarks import BENCHMARKS, EVALUATORS, Evaluation
@@ -17,31 +18,9 @@ from .report import markdown, plot_ap_per_category, plot_pope
 
 log = logging.getLogger(__name__)
 
-VALIDATED = Path("outputs/validate")
-OUTPUTS = Path("outputs/evaluate")  # <benchmark>/<part>.jsonl: every prediction beside its ground truth
-REPORTS = Path("reports/evaluate")
-SYNONYM_ENCODER = Path("base_models/clip")  # its text tower maps off-vocabulary answers to names
-STAGE2_MODEL = Path("models/stage2")
-MODEL_RECORD = Path("reports/train_stage2/model.json")  # the MLflow run and registered version of models/stage2
-
-
-def resolve_model(ref: str | Path) -> Path:
-    """A saved RGPT folder from a path, or from an MLflow URI (models:/rgpt/3, runs:/<id>/rgpt)."""
-    ref = str(ref)
-    if ":/" not in ref:
-        return Path(ref)
-    import mlflow
-    import yaml
-
-    from ..tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())  # the project's store (sqlite:///mlflow.db) unless the environment names one
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
-    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
-    artifacts = mlmodel["flavors"]["python_function"].get("artifacts", {})
-    if "model" not in artifacts:
-        raise ValueError(f"{ref} is not an RGPT model logged by rgpt.serve.pyfunc (no 'model' artifact)")
-    return local / artifacts["model"]["path"]
+OUTPUTS = EVALUATION
+REPORTS = stage_reports("evaluate")
+SYNONYM_ENCODER = BASE_CLIP  # its text tower maps off-vocabulary answers to names
 
 
 def model_id(folder: Path) -> str:
@@ -55,7 +34,7 @@ def model_id(folder: Path) -> str:
 def evaluate(params: Params, model_ref: str | Path, benchmarks: Sequence[str], out_dir: Path = OUTPUTS,
              progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the benchmarks; their metrics, and the figures the report draws."""
-    from ..chat import load_model
+    from ..model.loading import load_model, resolve_model
 
     unknown = sorted(set(benchmarks) - set(BENCHMARKS))
     if unknown:

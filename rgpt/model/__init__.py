@@ -1,4 +1,5 @@
-"""RGPT's model: configuration, modeling, region handling, processing, and the base models.
+"""RGPT alone: configuration, modeling, region handling, image preprocessing, processing,
+inference and loading (rgpt.base_models makes the base models it starts from).
 
 Importing this package registers RGPT with the transformers Auto classes, so that
 `AutoModelForImageTextToText.from_pretrained(<rgpt checkpoint>)` works.

@@ -21,11 +21,10 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import logging as hf_logging
 
+from ..data.templates import IMAGE, REGION
 from . import regions
 from .configuration_rgpt import RGPTConfig
 
-IMAGE_TOKEN = "<image>"
-REGION_TOKEN = "<region>"
 IGNORE_INDEX = -100  # labels that carry no loss (prompt, padding): PyTorch's and Hugging Face's value
 
 
@@ -98,7 +97,7 @@ class RGPTForConditionalGeneration(RGPTPreTrainedModel):
     def from_base_models(cls, clip_path: str | Path, llm_path: str | Path, tokenizer: PreTrainedTokenizerBase,
                          **config_kwargs) -> RGPTForConditionalGeneration:
         """A fresh RGPT whose towers are the pretrained CLIP vision model and LLM at these paths."""
-        for token in (IMAGE_TOKEN, REGION_TOKEN):
+        for token in (IMAGE, REGION):
             if token not in tokenizer.get_vocab():
                 raise ValueError(f"the tokenizer has no {token} token; add it as a special token first")
         verbosity = hf_logging.get_verbosity()
@@ -111,8 +110,8 @@ class RGPTForConditionalGeneration(RGPTPreTrainedModel):
         if llm.get_input_embeddings().num_embeddings < len(tokenizer):
             llm.resize_token_embeddings(len(tokenizer))  # the hub LLM lacks <image>/<region>
         config = RGPTConfig(vision_config=vision.config, text_config=llm.config,
-                            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                            region_token_id=tokenizer.convert_tokens_to_ids(REGION_TOKEN), **config_kwargs)
+                            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+                            region_token_id=tokenizer.convert_tokens_to_ids(REGION), **config_kwargs)
         model = cls(config)
         model.vision_tower.load_state_dict(vision.state_dict())
         model.language_model.load_state_dict(llm.state_dict())
@@ -154,21 +153,21 @@ class RGPTForConditionalGeneration(RGPTPreTrainedModel):
         region_slots = input_ids == self.config.region_token_id  # (B, T)
         n_regions = 0 if region_masks is None else region_masks.shape[0]
         if int(region_slots.sum()) != n_regions:
-            raise ValueError(f"the batch has {int(region_slots.sum())} {REGION_TOKEN} tokens but {n_regions} "
+            raise ValueError(f"the batch has {int(region_slots.sum())} {REGION} tokens but {n_regions} "
                              "region masks: every placeholder needs exactly one region, in order")
         if n_regions and (region_image_index is None or bool((region_image_index.diff() < 0).any())):
             raise ValueError("region_image_index must give each region's image, in non-decreasing order")
         embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
         if pixel_values is None:
             if image_slots.any() or n_regions:
-                raise ValueError(f"{IMAGE_TOKEN} / {REGION_TOKEN} tokens in the batch but no pixel_values")
+                raise ValueError(f"{IMAGE} / {REGION} tokens in the batch but no pixel_values")
             return embeds
         image_features, refined = self.encode_images(pixel_values.to(embeds.dtype))
         has_image = image_slots.any(dim=1)  # (B,) text-only rows carry a dummy image
         expected = int(has_image.sum()) * self.config.num_image_tokens
         if int(image_slots.sum()) != expected:
             raise ValueError(f"the batch has {int(image_slots.sum())} image-token slots, expected {expected} "
-                             f"({self.config.num_image_tokens} per {IMAGE_TOKEN}); expand it with RGPTProcessor")
+                             f"({self.config.num_image_tokens} per {IMAGE}); expand it with RGPTProcessor")
         embeds = embeds.masked_scatter(image_slots[..., None], image_features[has_image].to(embeds.dtype))
         if n_regions:
             region_features = self.encode_regions(refined, region_masks, region_image_index)

@@ -24,8 +24,9 @@ from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..data import masks as mask_codec
+from ..data.templates import IMAGE, REGION
 from .image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, to_pixel_values
-from .modeling_rgpt import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
+from .modeling_rgpt import IGNORE_INDEX
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -67,15 +68,15 @@ def region_masks(regions: list[dict[str, Any]], width: int, height: int, size: i
 
 class RGPTProcessor:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ProcessorConfig):
-        for token in (IMAGE_TOKEN, REGION_TOKEN):
+        for token in (IMAGE, REGION):
             if token not in tokenizer.get_vocab():
                 raise ValueError(f"the tokenizer has no {token} token; add it as a special token first")
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs an eos and a pad token")
         self.tokenizer = tokenizer
         self.config = config
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.region_token_id = tokenizer.convert_tokens_to_ids(REGION_TOKEN)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
+        self.region_token_id = tokenizer.convert_tokens_to_ids(REGION)
 
     # ----------------------------------------------------------------------------------- text
 
@@ -131,9 +132,9 @@ class RGPTProcessor:
         ids, labels = self.encode(turns)
         kept = ids.count(self.region_token_id)
         if image is None and (kept or self.image_token_id in ids):
-            raise ValueError(f"the conversation has {IMAGE_TOKEN}/{REGION_TOKEN} tokens but no image")
+            raise ValueError(f"the conversation has {IMAGE}/{REGION} tokens but no image")
         if kept > len(regions):
-            raise ValueError(f"the conversation has {kept} {REGION_TOKEN} tokens but only {len(regions)} regions")
+            raise ValueError(f"the conversation has {kept} {REGION} tokens but only {len(regions)} regions")
         example = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
         if image is not None:
             example["pixel_values"] = self.pixel_values(image)

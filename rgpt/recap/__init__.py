@@ -4,7 +4,6 @@
   cache.py     the persistent response cache
   client.py    the async chat-completions client: concurrency, rate limits, retries, counters
   generate.py  the two-stage protocol over one shard of images, resumable
-  standin.py   the embedded stand-in VLM endpoint that knows the synthetic scenes
   stages.py    the `recap` stage: shards, task runner, outputs and metrics
   stats.py     terminal summaries for `rgpt recap stats`
   clip_filter.py         the `clip_filter` stage: CLIP scores of regions against their chunked

@@ -12,7 +12,7 @@ CLIP embeddings) and `aggregate` makes the chunk scores one score per caption:
 The region is seen one of two ways (`clip_filter.region_input`):
 
   mask   the mean of the tower's patch features inside the region's mask (its box: V3Det has boxes
-         only) on the whole image, then CLIP's final norm and projection (`base.region_features`):
+         only) on the whole image, then CLIP's final norm and projection (`clip_features.region_features`):
          how RGPT sees a region, and what the embedded CLIP is trained on (region by region on
          whole images); a crop of a region is not what that CLIP has learnt to read
   crop   the region's crop (`images.crop_region`, `clip_filter.context` of margin) through CLIP's
@@ -22,8 +22,8 @@ A caption is kept when its score reaches the cutoff `clip_filter.threshold` sets
 the run's scores (drop about that share, whatever the CLIP's score scale) or an absolute cosine.
 The embedded stand-in VLM corrupts a known share of its captions (`corruption_truth.jsonl`); where
 that truth exists the stage measures how well the filter removes them (`removal_precision_recall`,
-`removal_curve`, and `separation` for every aggregation, which is how the default was chosen:
-README, "clip_filter").
+`removal_curve`, and `separation` for every aggregation, which is how `clip_filter.aggregation`
+is chosen: docs/findings.md).
 """
 
 from __future__ import annotations
@@ -43,36 +43,19 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
+from ..clip_features import image_features, region_features, text_features
 from ..config import ClipFilterParams, Params, ThresholdParams
 from ..data.records import numbered_jsonl, write_jsonl
-from ..data.stages import OUTPUTS, REPORTS
-from ..model.base import CLIP_DIR, RegionImage, region_features, text_features
-from ..model.image import to_pixel_values
 from ..model.processing_rgpt import region_masks
+from ..paths import BASE_CLIP, CAPTIONS, KEPT, SCORES, TRUTH, stage_reports
 from ..reports import write_json
 from ..tracking import StageResult
 from .images import crop_region
-from .stages import CAPTIONS, TRUTH
 from .stats import summary, word_counts
 
-CLIP = Path("base_models") / CLIP_DIR  # the CLIP the base_clip stage writes
-FILTERED = OUTPUTS / "clip_filter"
-KEPT = FILTERED / "captions.jsonl"  # the kept captions: recap's records + clip_score
-SCORES = FILTERED / "scores.jsonl"  # every caption: its key, chunk scores, score, kept (+ corruption)
-FILTER_REPORTS = REPORTS / "clip_filter"
+FILTER_REPORTS = stage_reports("clip_filter")
 METRICS = FILTER_REPORTS / "metrics.json"
 
-# Measured on the embedded corpus (1,104 stand-in captions, 218 corrupted; the embedded CLIP; mask
-# regions), how well each aggregation separates the corrupted captions from the truthful ones, as
-# ROC AUC / average precision (`separation` in reports/clip_filter/metrics.json):
-#   first 0.971 / 0.932   max 0.908 / 0.848   mean 0.883 / 0.739   min 0.631 / 0.295
-#   (the whole caption truncated to 77 tokens, for comparison: AUC 0.912)
-# `first` wins: a RecapD caption opens by naming its region ("The close-up region shows a medium
-# cyan circle ..."), which is what a corruption changes, and what a CLIP that learnt names and
-# phrases reads best; the later sentences (shape facts, the scene, neighbours by name) score near
-# chance on their own (AUC 0.51-0.79) and dilute the mean; min is ruled by the sentence naming a
-# neighbour. Hence clip_filter.aggregation: first. Crops with this CLIP score worse than chance
-# (AUC 0.30-0.41): it never saw a crop.
 AGGREGATIONS = ("mean", "min", "max", "first")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -177,17 +160,15 @@ class ClipScorer:
         same object for the regions of one image: in mask mode its tower runs once)."""
         if self.region_input == "crop":
             crops = [crop_region(image, list(box), self.context) for image, box in zip(images, boxes)]
-            size = self.model.config.vision_config.image_size
-            out = self.model.get_image_features(pixel_values=to_pixel_values(crops, size).to(self.model.device))
-            return F.normalize(getattr(out, "pooler_output", out), dim=-1)
+            return F.normalize(image_features(self.model, crops), dim=-1)
         groups: dict[int, list[int]] = {}  # id(image) -> the regions on it, in first-seen order
         for i, image in enumerate(images):
             groups.setdefault(id(image), []).append(i)
         size = self.model.config.vision_config.image_size
-        examples = [RegionImage(images[rows[0]], region_masks([{"box": list(boxes[i])} for i in rows],
-                                                              *images[rows[0]].size, size), [[] for _ in rows])
-                    for rows in groups.values()]
-        pooled = region_features(self.model, examples, self.layer)  # (N, P) in group order
+        masks = [region_masks([{"box": list(boxes[i])} for i in rows], *images[rows[0]].size, size)
+                 for rows in groups.values()]
+        pooled = region_features(self.model, [images[rows[0]] for rows in groups.values()], masks,
+                                 self.layer)  # (N, P) in group order
         order = torch.tensor([i for rows in groups.values() for i in rows], device=pooled.device)
         return F.normalize(torch.empty_like(pooled).index_copy_(0, order, pooled), dim=-1)  # (N, P) input order
 
@@ -430,7 +411,7 @@ def filter_metrics(captions: Sequence[dict[str, Any]], scored: Scored, scores: n
 
 
 def filter_captions(params: Params, *, progress: bool = True, captions_path: Path = CAPTIONS,
-                    truth_path: Path = TRUTH, clip: Path = CLIP) -> tuple[dict[str, Any], dict[str, Any]]:
+                    truth_path: Path = TRUTH, clip: Path = BASE_CLIP) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score, cut, write outputs/clip_filter/{captions,scores}.jsonl; return the metrics and what
     the reports are drawn from."""
     p = params.clip_filter

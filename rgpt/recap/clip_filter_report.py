@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..config import Params
-from ..reports import pyplot, write_csv
+from ..reports import pyplot, save_figure, write_csv
 from .images import crop_box, crop_region, png_data_url
 from .stats import word_counts
 
@@ -53,10 +53,7 @@ def plot_scores(scores: np.ndarray, cut: float, truth: Sequence[str | None] | No
     ax.axvline(cut, color="black", linestyle="--", label=f"cutoff {cut:.3f}: below is dropped")
     ax.set(xlabel="CLIP score (cosine of region and caption)", ylabel="captions", title="clip_filter: scores")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_removal_curve(curve: list[dict[str, float]], chosen: dict[str, Any], n: int, path: Path) -> Path:
@@ -79,10 +76,7 @@ def plot_removal_curve(curve: list[dict[str, float]], chosen: dict[str, Any], n:
     right.axvline(100 * chosen["dropped"] / max(n, 1), color="black", linestyle="--", label="chosen threshold")
     right.set(xlabel="captions dropped (%)", ylim=(0, 1.02), title="against the share dropped")
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def word_bin_width(words: Sequence[int], bins: int = 25) -> int:
@@ -113,10 +107,7 @@ def plot_words(before: Sequence[int], after: Sequence[int], path: Path) -> Path:
         ax.hist([before, after], bins=edges, color=["tab:grey", "tab:green"], label=labels)
         ax.legend()
     ax.set(xlabel="words per caption", ylabel="captions", title="clip_filter: words per caption")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def gallery_sample(rows: Sequence[dict[str, Any]], per_side: int) -> list[int]:

@@ -40,7 +40,6 @@ from .cache import ResponseCache, request_key
 from .client import ChatClient, ClientConfig, Counters, RequestFailed, user_message
 from .images import crop_box, crop_region, pixel_hash, png_data_url
 
-
 RECORD_KEYS = ("dataset", "split", "image_id", "region_id", "file_name", "box", "crop_box", "class_name", "status",
                "caption", "global_caption", "global_prompt", "region_prompt", "model", "context")
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from ..config import Params, RecapParams
 from ..data.records import DatasetSplit, ImageRecord, read_jsonl, write_jsonl
-from ..data.stages import BALANCED, OUTPUTS, REPORTS, VALIDATED
+from ..paths import BALANCED, CAPTIONS, FAILURES, TRUTH, VALIDATED, stage_reports
 from ..reports import write_json
 from ..tracking import StageResult
 from .cache import request_key
@@ -37,11 +37,7 @@ from .client import ClientConfig, Counters
 from .generate import Shard, ShardJob, ShardResult, caption_shard
 from .stats import summary, word_counts
 
-RECAP = OUTPUTS / "recap"
-CAPTIONS = RECAP / "captions.jsonl"
-FAILURES = RECAP / "failures.jsonl"
-TRUTH = RECAP / "corruption_truth.jsonl"
-RECAP_REPORTS = REPORTS / "recap"
+RECAP_REPORTS = stage_reports("recap")
 METRICS = RECAP_REPORTS / "metrics.json"
 INPUT_SPLIT = "v3det_finetune"
 
@@ -150,7 +146,7 @@ class _endpoint:
         p = self.params.recap
         if p.endpoint != "standin":
             return p.endpoint, None
-        from .standin import StandinVLM
+        from ..embedded.standin import StandinVLM
 
         # all of V3Det train's regions when validate wrote them, so global captions describe every object
         known = (DatasetSplit.load(VALIDATED, "v3det_train")

@@ -2,7 +2,8 @@
 
 `mlflow.pyfunc.load_model("models:/rgpt/<version>").predict(frame)` takes a DataFrame with
 columns `image` (a path), `question` (with one `<region>` per region) and `regions` (a list of
-{"box": [x, y, w, h]} / {"segmentation": ...} dicts, or its JSON) and returns the answers.
+{"box": [x1, y1, x2, y2]} dicts in image pixels, or its JSON; the one box convention of every
+user-facing surface, `rgpt.user_regions`) and returns the answers.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-MODEL_ARTIFACT = "model"  # the saved RGPT folder inside the MLflow model
+from rgpt.model.loading import MODEL_ARTIFACT
 
 
 class RGPTModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from rgpt.chat import load_model
+        from rgpt.model.loading import load_model
 
         self.model, self.processor = load_model(context.artifacts[MODEL_ARTIFACT])
 
@@ -26,14 +27,15 @@ class RGPTModel(mlflow.pyfunc.PythonModel):
         from PIL import Image
 
         from rgpt.model.inference import Request, answer
+        from rgpt.user_regions import box_region, image_question
 
         requests = []
         for row in model_input.itertuples():
             regions = json.loads(row.regions) if isinstance(row.regions, str) else list(row.regions)
-            regions = [{"box": r.get("box"), "segmentation": r.get("segmentation")} for r in regions]
-            question = row.question if "<image>" in row.question else f"<image>\n{row.question}"
+            question = image_question(row.question)
             with Image.open(row.image) as image:
-                requests.append(Request(image.convert("RGB"), [(question, None)], regions))
+                image = image.convert("RGB")
+            requests.append(Request(image, [(question, None)], [box_region(r["box"], *image.size) for r in regions]))
         return answer(self.model, self.processor, requests, max_new_tokens=int((params or {}).get("max_new_tokens", 64)))
 
 

@@ -27,8 +27,7 @@ def turn_weights(labels: torch.Tensor) -> torch.Tensor:
 
     With the token-mean loss, a two-token classification answer weighs 1/60 of a 120-token
     RecapD description; the embedded model then learns the descriptions' wording long before it
-    learns to read the region slot that the short answers depend on (README: "What the embedded
-    model learns").
+    learns to read the region slot that the short answers depend on (docs/findings.md).
     """
     answer = labels != IGNORE_INDEX
     starts = answer & ~torch.cat([torch.zeros_like(answer[:, :1]), answer[:, :-1]], dim=1)

@@ -10,25 +10,17 @@ and trains the LLM too, on the fine-tuning conversations.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..config import Params, StageTrainParams, params_hash
 from ..data.records import read_jsonl
-from ..reports import pyplot, write_csv, write_json
+from ..paths import BASE_MODELS, CHECKPOINTS, CONVERSATIONS, MODEL_RECORD, MODELS, stage_reports
+from ..reports import pyplot, save_figure, write_csv, write_json
 from ..tracking import StageResult, file_md5
-
-BASE_MODELS = Path("base_models")
-MODELS = Path("models")
-CHECKPOINTS = Path("checkpoints")
-REPORTS = Path("reports")
-CONVERSATIONS = Path("outputs/conversations")
 
 # Modules trained in each stage; everything else is frozen (the vision tower always is).
 TRAINABLE = {
@@ -36,6 +28,7 @@ TRAINABLE = {
     2: ("refinement", "connector", "language_model"),  # fine-tuning: the LLM too
 }
 DATA = {1: "pretrain", 2: "finetune"}  # the conversations file each stage trains on
+REGISTERED_MODEL = "rgpt"  # stage 2's model in the MLflow registry
 FINGERPRINT = "fingerprint.json"
 
 
@@ -82,6 +75,23 @@ def prepare_checkpoints(params: Params, stage: int) -> Path:
     return folder
 
 
+def train_and_log(params: Params, stage: int, run) -> StageResult:
+    """What the train_stageN flow does inside its MLflow `run`: the stage's data logged as its
+    input, the stage trained (its ranks log every step into `run`), its reports and the model
+    logged; stage 2's model registered as `rgpt`, with a record of the version (MODEL_RECORD)."""
+    from ..serve.pyfunc import log_model, write_model_record
+    from ..tracking import log_inputs, log_outputs, tracking_uri
+
+    log_inputs({"conversations": CONVERSATIONS / f"{DATA[stage]}.jsonl"}, context="training")
+    result = run_stage(params, stage, {"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": tracking_uri()})
+    log_outputs(result)
+    registered = REGISTERED_MODEL if stage == 2 else None
+    info = log_model(MODELS / f"stage{stage}", registered_name=registered)
+    if registered:
+        write_model_record(info, MODEL_RECORD, registered)
+    return result
+
+
 def run_stage(params: Params, stage: int, env: dict[str, str] | None = None) -> StageResult:
     """Train one stage on every rank (resuming its own checkpoints), then write its reports."""
     from .launch import launch
@@ -97,7 +107,7 @@ def report_stage(stage: int) -> StageResult:
     """reports/train_stageN/: metrics.json (final loss, throughput, parameter counts, held-out
     accuracy), the loss curve and the held-out region-reliance curve as CSV (DVC plots) and PNG,
     and held-out examples."""
-    folder, reports = CHECKPOINTS / f"stage{stage}", REPORTS / f"train_stage{stage}"
+    folder, reports = CHECKPOINTS / f"stage{stage}", stage_reports(f"train_stage{stage}")
     steps = list(read_jsonl(folder / "metrics.jsonl"))
     result = json.loads((folder / "result.json").read_text())
     heldout = result.pop("heldout")
@@ -133,70 +143,4 @@ def plot_loss(steps: list[dict[str, Any]], curve: list[dict[str, Any]], path: Pa
                     ylabel="loss(wrong regions) - loss(true)")
     if curve:
         ax_reliance.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def use_every_core() -> None:
-    """The base models train in the stage's one process, so it takes every core (make sets
-    OMP_NUM_THREADS=1 for the training stages' ranks, which would leave all but one idle here)."""
-    torch.set_num_threads(os.cpu_count() or 1)
-
-
-def run_base_clip(params: Params) -> StageResult:
-    """base_models/clip/: the CLIP and its tokenizer, trained on the validated regions (its
-    tokenizer also on the RecapD captions' words) here (embedded), or fetched (paper)."""
-    from ..data.stages import VALIDATED
-    from ..model.base import CLIP_DIR, build_base_clip
-    from ..recap.stages import CAPTIONS
-
-    use_every_core()
-    manifest = build_base_clip(params, BASE_MODELS / CLIP_DIR, validated=VALIDATED, captions=CAPTIONS)
-    metrics = manifest.get("clip", {})
-    return StageResult(metrics, {"metrics.json": write_json(REPORTS / "base_clip" / "metrics.json", metrics)})
-
-
-def run_base_models(params: Params) -> StageResult:
-    """base_models/{tokenizer,llm}: trained on the conversations here (embedded) or fetched (paper)."""
-    from ..model.base import build_base_models
-
-    use_every_core()
-    manifest = build_base_models(params, BASE_MODELS, conversations=CONVERSATIONS)
-    metrics = {k: v for k, v in manifest.items() if k in ("tokenizer", "llm")}
-    reports = REPORTS / "base_models"
-    llm = metrics.get("llm", {})
-    curve = [{"step": step, "drill_rec_accuracy": accuracy} for step, accuracy in llm.get("check_curve", [])]
-    return StageResult(metrics, {"metrics.json": write_json(reports / "metrics.json", metrics),
-                                 "check_curve.csv": write_csv(reports / "check_curve.csv", curve,
-                                                                ["step", "drill_rec_accuracy"]),
-                                 "check_curve.png": plot_check_curve(llm, reports / "check_curve.png")})
-
-
-def plot_check_curve(llm: dict[str, Any], path: Path) -> Path:
-    """The base LLM's REC on fresh drills during its training, against chance, and the check that
-    ends the lists' phase; empty for an LLM from the hub (no drills, no curve)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    if llm.get("check_curve"):
-        steps, accuracy = zip(*llm["check_curve"])
-        ax.plot(steps, accuracy, marker=".", label="fresh drills among 2..n proposals")
-        ax.axhline(llm["drill_rec_chance"], color="grey", linestyle="--", linewidth=0.8, label="chance")
-        if llm.get("list_curve"):
-            steps, accuracy = zip(*llm["list_curve"])
-            ax.plot(steps, accuracy, marker=".", label="fresh REC lists (the lists' phase check)")
-            ax.axhline(llm["list_target"], color="C1", linestyle=":", linewidth=0.8, label="its target")
-        # where each drills-alone phase ends
-        ends = list(accumulate(llm.get(f"{phase}_steps", 0) for phase in ("list", "template")))
-        for end, phase in zip(ends, ("lists", "template drills")):
-            if end:
-                ax.axvline(end, color="grey", linewidth=0.5)
-                ax.annotate(f"end of {phase}", (end, 0.02), rotation=90, fontsize=6, color="grey")
-        ax.legend(fontsize=7, loc="upper left")
-    ax.set(title="base_models: LLM REC accuracy during training", xlabel="optimizer step", ylabel="accuracy",
-           ylim=(0, 1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -18,13 +18,20 @@ from transformers import AutoTokenizer
 
 from ..config import Params, load_params
 from ..data.records import DatasetSplit
-from ..data.stages import VALIDATED
-from ..eval.heldout import (Question, answer_loss_pairs, answer_questions, heldout_metrics, heldout_questions,
-                            reliance_metrics, requests)
+from ..eval.heldout import (
+    Question,
+    answer_loss_pairs,
+    answer_questions,
+    heldout_metrics,
+    heldout_questions,
+    reliance_metrics,
+    requests,
+)
 from ..model.modeling_rgpt import RGPTForConditionalGeneration
 from ..model.processing_rgpt import ProcessorConfig, RGPTProcessor
+from ..paths import BASE_MODELS, CHECKPOINTS, CLIP_DIR, CONVERSATIONS, LLM_DIR, MODELS, TOKENIZER_DIR, VALIDATED
 from .data import ConversationDataset
-from .stages import BASE_MODELS, CHECKPOINTS, CONVERSATIONS, DATA, MODELS, freeze_for_stage, stage_params
+from .stages import DATA, freeze_for_stage, stage_params
 from .trainer import TrainConfig, train
 
 
@@ -33,9 +40,9 @@ def build(params: Params, stage: int) -> tuple[RGPTForConditionalGeneration, RGP
     if stage == 2:
         return RGPTForConditionalGeneration.from_pretrained(MODELS / "stage1"), RGPTProcessor.from_pretrained(MODELS / "stage1")
     m = params.model
-    tokenizer = AutoTokenizer.from_pretrained(BASE_MODELS / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(BASE_MODELS / TOKENIZER_DIR)
     model = RGPTForConditionalGeneration.from_base_models(
-        BASE_MODELS / "clip", BASE_MODELS / "llm", tokenizer, vision_feature_layer=m.vision_feature_layer,
+        BASE_MODELS / CLIP_DIR, BASE_MODELS / LLM_DIR, tokenizer, vision_feature_layer=m.vision_feature_layer,
         refinement=m.refinement, region_input=m.region_input, mask_morphology=m.mask_morphology,
         image_tokens=m.image_tokens)
     processor = RGPTProcessor(tokenizer, ProcessorConfig(image_size=model.config.vision_config.image_size,
@@ -80,7 +87,7 @@ def heldout_check(model: RGPTForConditionalGeneration, processor: RGPTProcessor,
 def heldout_curve(processor: RGPTProcessor, params: Params) -> Callable[[RGPTForConditionalGeneration], dict]:
     """The check the trainer runs every train.heldout_every steps: answer loss and region reliance
     on a few validation images (no generation), so that the curve shows when the model starts
-    reading its regions (README: "What the embedded model learns")."""
+    reading its regions."""
     questions = validation_questions(params, params.train.heldout_curve_images)
     asked = requests(questions, params.data.root)
 
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", type=int, choices=sorted(DATA), required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = load_params(args.params).for_stage(f"train_stage{args.stage}")
     torch.manual_seed(params.train.seed)  # the same fresh refinement and connector on every rank
 
     model, processor = build(params, args.stage)

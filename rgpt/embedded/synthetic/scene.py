@@ -20,7 +20,7 @@ from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.ops import unary_union
 
-from .. import masks
+from ...data import masks
 
 SHAPES = ("circle", "ellipse", "square", "rectangle", "triangle", "diamond",
           "pentagon", "hexagon", "octagon", "star", "cross", "arrow")
@@ -67,6 +67,9 @@ PATTERN_WORDS = {
     "cross": "wide vertical bands",
     "arrow": "a checked pattern of tiny dots",
 }
+# A position word as a phrase.
+LOCATION = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+            "middle": "in the middle"}
 # Size words by the object's share of the image's short side.
 SIZE_WORDS = ((0.24, "small"), (0.34, "medium"), (1.0, "large"))
 
@@ -114,19 +117,22 @@ class Scene:
     objects: list[SceneObject] = field(default_factory=list)  # in paint order
 
     def position(self, obj: SceneObject) -> str:
-        """Where an object sits, in words: 'left', 'right', 'top', 'bottom' or 'middle'."""
-        cx, cy = obj.centre
-        dx, dy = cx / self.width - 0.5, cy / self.height - 0.5
-        if max(abs(dx), abs(dy)) < 0.12:
-            return "middle"
-        if abs(dx) >= abs(dy):
-            return "left" if dx < 0 else "right"
-        return "top" if dy < 0 else "bottom"
+        """Where an object sits, in words (`position_word`)."""
+        return position_word(*obj.centre, self.width, self.height)
 
     def location(self, obj: SceneObject) -> str:
         """`position` as a phrase: 'on the left', 'at the top', 'in the middle', ..."""
-        return {"left": "on the left", "right": "on the right", "top": "at the top",
-                "bottom": "at the bottom", "middle": "in the middle"}[self.position(obj)]
+        return LOCATION[self.position(obj)]
+
+
+def position_word(cx: float, cy: float, width: int, height: int) -> str:
+    """Where a point (an object's centre) sits in the image: 'left', 'right', 'top', 'bottom' or 'middle'."""
+    dx, dy = cx / width - 0.5, cy / height - 0.5
+    if max(abs(dx), abs(dy)) < 0.12:
+        return "middle"
+    if abs(dx) >= abs(dy):
+        return "left" if dx < 0 else "right"
+    return "top" if dy < 0 else "bottom"
 
 
 def relation(scene: Scene, a: SceneObject, b: SceneObject) -> str:

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from ...config import SyntheticParams
-from .. import layout
-from ..pope import build_pope, write_pope
+from ...data import layout
+from ...data.pope import build_pope, write_pope
 from .scene import COLOURS, SHAPES, Scene, SceneObject, draw_scene, object_mask, relation, render
 from .text import BRIEF_CAPTION_INSTRUCTIONS, image_caption, referring_expressions, region_phrase, relation_phrase
 
@@ -44,6 +43,10 @@ COCO_INFO = {"description": "COCO 2017 Dataset (synthetic twin)", "url": "http:/
 COCO_LICENSES = [{"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"}]
 CROWD_ID_BASE = 900100000000  # real crowd annotation ids exceed int32
 JPEG_QUALITY = 90
+
+# The writer's name as a corpus's SYNTHETIC.json records it. It names the corpus's kind, not the
+# module (which has moved since): data.dvc hashes that file, so changing it re-runs every stage.
+GENERATOR = "rgpt.data.synthetic"
 
 
 @dataclass

@@ -10,14 +10,14 @@ The LLM matches the description against what each `<region>` slot holds and copi
 front of that slot: an associative recall that Vicuna brings from its pre-training and a small LLM
 trained from scratch does not have. Drilled in the paper's templates it learns only a positional
 check (is the last proposal the described one?); dense, template-free lists (`RecList`, every
-proposal asked for once) teach it the match itself after a plateau of ~1,000 optimizer steps
-(experiments/rec_matching.py; README "What does teach the match"). So `base_models` trains its LLM
+proposal asked for once) teach it the match itself after a plateau of optimizer steps
+(docs/findings.md, "dense lists teach the match"). So `base_models` trains its LLM
 first on lists alone until fresh ones are answered right, then on drills in the templates alone
 (`rec_drill`, one question each), then on drills among 2..`max_proposals` beside the
-conversations: conversations in the conversations stage's own format (`base.pack` takes them
+conversations: conversations in the conversations stage's own format (`llm.pack` takes them
 unchanged), each turn a REC question of the paper's templates among distinct names with the
 description "the {name}". Every slot holds its name, as in all of the base LLM's training
-(`base.slot_embeddings`). They stand in for the general skill a pretrained LLM brings; RGPT itself
+(`llm.slot_embeddings`). They stand in for the general skill a pretrained LLM brings; RGPT itself
 never sees them.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..data.conversations import region_list
-from ..data.templates import DESCRIPTION, REGION, Templates
+from ..data.templates import DESCRIPTION, REGION, REGION_ANSWER, Templates
 
 DRILL_DATASET = "rec_drill"
 
@@ -74,8 +74,7 @@ class RecList:
 
     A from-scratch LLM trained on `rec_drill`s alone learns a positional check (is the last
     proposal the described one?) and never the match; on these lists it learns the match itself,
-    wherever the target stands, and keeps it on the templates' drills after
-    (experiments/rec_matching.py; README "What does teach the match: dense lists first").
+    wherever the target stands, and keeps it on the templates' drills after (docs/findings.md).
     """
 
     names: tuple[str, ...]  # each proposal's name, slot by slot
@@ -125,3 +124,10 @@ def rec_questions(samples: Iterable[dict[str, Any]], templates: Templates) -> li
     return [{"id": sample["id"], "regions": regions, "proposals": len(regions), "conversations": [question, answer]}
             for sample in samples for task, question, answer, regions in turns(sample)
             if task == "rec" and len(regions) > 1 and answer["value"] != templates.prompts.rec_absent]
+
+
+def answer_target(answer: str) -> int | None:
+    """The 1-based proposal a REC answer "Region [k]." names; None for any other answer
+    ("No corresponding options found.")."""
+    found = REGION_ANSWER.fullmatch(answer.removesuffix("."))
+    return int(found.group(1)) if found else None
